@@ -1,0 +1,1 @@
+"""byzrsa: Byzantine-robust stochastic aggregation (RSA) and robust baselines."""
