@@ -1,0 +1,101 @@
+"""The vectorised simulator: every worker's model is a row of one ``(m, d)`` tensor.
+
+One iteration is a handful of batched tensor operations, whatever m is: the
+regular workers' minibatches are gathered into one ``(r, b, features)`` tensor,
+their gradients come from one batched call of the model, and the RSA penalty or
+the aggregation rule runs on the stacked messages. The update rules are those
+of :mod:`byzrsa.methods`, the same functions the distributed engine calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from byzrsa.engines.common import Problem
+from byzrsa.methods import aggregation_step, rsa_master_step, rsa_worker_step, step_size
+
+__all__ = ["Simulator", "simulate"]
+
+
+class Simulator:
+    """State and step of one simulated run.
+
+    Rows ``0..r-1`` of ``workers`` are the regular workers, the last q rows the
+    Byzantine ones (PROTOCOL.md). Byzantine rows are only computed when the
+    attack needs their true values (sign-flip); otherwise they are never touched.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        c = problem.config
+        self.problem = problem
+        self.k = 0
+        # Ideal SGD ignores the Byzantine workers altogether.
+        self.active = c.workers if problem.needs_own else c.regular
+        self.samplers = [problem.sampler(i) for i in range(self.active)]
+        self.attack_generators = problem.attack_generators()
+        start = problem.init_vector()
+        self.x0 = start.clone()  # RSA's master model, or the baselines' shared model
+        self.workers = start.expand(c.workers, -1).clone() if problem.is_rsa else None
+
+    def _minibatch(self) -> tuple[Tensor, Tensor]:
+        return self.problem.gather(torch.stack([s.next() for s in self.samplers]))
+
+    def _byzantine_messages(self, regular: Tensor, own: Tensor) -> Tensor:
+        c, pb = self.problem.config, self.problem
+        if c.byzantine == 0 or c.method == "ideal-sgd":
+            return regular[:0]
+        if not pb.needs_own:  # placeholders of the right shape; the attack does not read them
+            own = regular.new_zeros(c.byzantine, regular.shape[1])
+        return pb.attack(regular, own, self.attack_generators, **pb.attack_kwargs)
+
+    def step(self) -> None:
+        """Advance one iteration (k -> k + 1)."""
+        pb, c = self.problem, self.problem.config
+        self.k += 1
+        alpha = step_size(c.lr, self.k, c.lr_schedule)
+        x, y = self._minibatch()
+        if pb.is_rsa:
+            current = self.workers[: self.active]
+            _, grad = pb.model.loss_grad(current, x, y)
+            updated = rsa_worker_step(current, self.x0, grad, lam=c.lam, p=pb.p, alpha=alpha, m=c.workers)
+            sent = updated if c.master_order == "gauss-seidel" else current
+            r = c.regular
+            messages = torch.cat([sent[:r], self._byzantine_messages(sent[:r], sent[r:])])
+            self.x0 = rsa_master_step(self.x0, messages, lam=c.lam, p=pb.p, alpha=alpha, mu=c.mu)
+            self.workers[: self.active] = updated
+        else:
+            shared = self.x0.expand(self.active, -1)
+            _, grad = pb.model.loss_grad(shared, x, y)
+            grad = grad + c.mu * shared
+            r = c.regular
+            messages = torch.cat([grad[:r], self._byzantine_messages(grad[:r], grad[r:])])
+            self.x0 = aggregation_step(self.x0, messages, pb.aggregate, alpha=alpha)
+
+    def metrics(self) -> dict[str, float]:
+        locals_ = self.workers[: self.problem.config.regular] if self.problem.is_rsa else None
+        return self.problem.metrics(self.x0, locals_)
+
+
+def simulate(problem: Problem) -> Iterator[dict[str, float]]:
+    """Run ``problem`` and yield a metrics row at k = 0, every ``eval_every`` iterations, and at the end.
+
+    ``time`` is the training time so far, evaluations excluded.
+    """
+    c = problem.config
+    sim = Simulator(problem)
+    train_seconds = 0.0
+    yield {"iteration": 0, **sim.metrics(), "time": 0.0}
+    while sim.k < c.iterations:
+        stop = min(sim.k + c.eval_every, c.iterations)
+        start = time.perf_counter()
+        with torch.no_grad():
+            while sim.k < stop:
+                sim.step()
+        if problem.device.type == "cuda":
+            torch.cuda.synchronize(problem.device)
+        train_seconds += time.perf_counter() - start
+        yield {"iteration": sim.k, **sim.metrics(), "time": train_seconds}

@@ -1,0 +1,158 @@
+"""Run one experiment from a config and write its results folder.
+
+The folder gets ``config.json`` (the full resolved config), ``metrics.csv``
+(one row per evaluation, flushed as it goes so an interrupted run still leaves
+a valid file), ``summary.json`` and ``accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from byzrsa.data import Dataset
+from byzrsa.engines.common import build_problem
+from byzrsa.experiments.config import RunConfig, config_from_dict
+from byzrsa.experiments.plots import plot_curves
+from byzrsa.penalties import norm_name, parse_norm
+
+__all__ = ["run", "read_metrics", "METRIC_COLUMNS", "describe"]
+
+METRIC_COLUMNS = ("iteration", "accuracy", "test_loss", "train_loss", "variance", "time")
+
+
+def describe(config: RunConfig) -> str:
+    """A short label such as ``RSA (l1, lambda=0.07)`` or ``GeoMed``."""
+    names = {"rsa": "RSA", "ideal-sgd": "Ideal SGD", "sgd": "SGD", "geomed": "GeoMed", "krum": "Krum",
+             "median": "Median", "trimmed-mean": "Trimmed mean", "multi-krum": "Multi-Krum"}
+    label = names[config.method]
+    if config.method == "rsa":
+        label += f" ({norm_name(parse_norm(config.norm))}, lambda={config.lam:g})"
+    return label
+
+
+def _rows(config: RunConfig, dataset: Dataset | None, extra: dict[str, Any]) -> Iterator[dict[str, float]]:
+    problem = build_problem(config, dataset)
+    if config.engine == "dist":
+        from byzrsa.engines.dist import run_local  # imported lazily: it pulls in torch.distributed
+
+        yield from run_local(problem, extra)
+    else:
+        from byzrsa.engines.sim import simulate
+
+        yield from simulate(problem)
+
+
+def run(
+    config: RunConfig | dict[str, Any],
+    out: str | Path | None = None,
+    *,
+    quiet: bool = True,
+    dataset: Dataset | None = None,
+) -> dict[str, Any]:
+    """Train as ``config`` says; return the summary (and write the results folder if ``out`` is given).
+
+    Raises :class:`byzrsa.errors.ByzrsaError` for an impossible config or
+    missing data, before any training. ``KeyboardInterrupt`` is re-raised after
+    the partial results are written.
+    """
+    if isinstance(config, dict):
+        config = config_from_dict(config)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    out_dir = Path(out) if out is not None else None
+    extra: dict[str, Any] = {}  # engine-specific facts for the summary (e.g. dead workers)
+    rows: list[dict[str, float]] = []
+    started = time.perf_counter()
+    progress = None
+    writer = handle = None
+    interrupted = False
+    try:
+        stream = _rows(config, dataset, extra)
+        first = next(stream)  # builds the problem: every input error surfaces here, before training
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(config.to_json() + "\n")
+            handle = open(out_dir / "metrics.csv", "w", newline="")
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+        if not quiet:
+            from tqdm import tqdm
+
+            progress = tqdm(total=config.iterations, desc=describe(config), unit="it", dynamic_ncols=True)
+        for row in _chain(first, stream):
+            rows.append(row)
+            if writer is not None:
+                writer.writerow(row)
+                handle.flush()
+            if progress is not None:
+                progress.update(int(row["iteration"]) - progress.n)
+                progress.set_postfix(acc=f"{row['accuracy']:.4f}")
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+        if handle is not None:
+            handle.close()
+        if rows:
+            summary = _summary(config, rows, time.perf_counter() - started, interrupted, extra)
+            if out_dir is not None:
+                (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+                plot_curves({describe(config): rows}, out_dir / "accuracy.png", title=_title(config))
+    return summary
+
+
+def _chain(first: dict[str, float], rest: Iterator[dict[str, float]]) -> Iterator[dict[str, float]]:
+    yield first
+    yield from rest
+
+
+def _title(c: RunConfig) -> str:
+    attack = "no attack" if c.attack == "none" or c.byzantine == 0 else f"{c.attack} attack, q={c.byzantine}"
+    return f"{c.dataset} ({c.split}), m={c.workers}, {attack}"
+
+
+def _summary(
+    config: RunConfig, rows: list[dict[str, float]], wall: float, interrupted: bool, extra: dict[str, Any]
+) -> dict[str, Any]:
+    accuracies = [r["accuracy"] for r in rows]
+    last = rows[-1]
+    done = int(last["iteration"])
+    return {
+        "method": config.method,
+        "label": describe(config),
+        "attack": config.attack,
+        "byzantine": config.byzantine,
+        "workers": config.workers,
+        "dataset": config.dataset,
+        "split": config.split,
+        "iterations": done,
+        "final_accuracy": last["accuracy"],
+        "best_accuracy": max(accuracies),
+        "final_train_loss": last["train_loss"] if math.isfinite(last["train_loss"]) else None,
+        "final_variance": last["variance"] if math.isfinite(last["variance"]) else None,
+        "train_seconds": last["time"],
+        "seconds_per_iteration": last["time"] / done if done else None,
+        "wall_seconds": wall,
+        "interrupted": interrupted,
+        "engine": config.engine,
+        **extra,
+    }
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Read a run's ``metrics.csv`` (or its folder) back as a list of rows of floats."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.csv"
+    with open(path, newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]

@@ -1,0 +1,85 @@
+r"""The update rules, as pure functions of (state, inputs) -> new state.
+
+RSA (equations 10 and 11 of the paper, lp-norm form) with byzrsa's mean-loss
+convention (PROTOCOL.md, convention 1): the objective is
+
+.. math::
+    \min_{x_0, \{x_i\}} \frac1m \sum_{i \in R} \mathbb E F(x_i, \xi_i) + f_0(x_0)
+        + \lambda \sum_{i \in R} \|x_i - x_0\|_p ,\qquad f_0(x) = \tfrac{\mu}{2}\|x\|^2,
+
+so a regular worker steps
+
+.. math::  x_i^{k+1} = x_i^k - \alpha_k\big(\nabla F(x_i^k, \xi_i^k)/m + \lambda\,\partial\|x_i^k - x_0^k\|_p\big)
+
+and the master steps over all m messages :math:`z_j` (regular iterates or
+Byzantine lies)
+
+.. math::  x_0^{k+1} = x_0^k - \alpha_k\big(\mu x_0^k + \lambda \sum_{j=1}^m \partial\|x_0^k - z_j\|_p\big).
+
+The paper's equation (8) uses :math:`z_i = x_i^k` ("jacobi"); the authors' code
+uses the freshly updated :math:`x_i^{k+1}` ("gauss-seidel"). Both are offered.
+Dividing the gradient by m is what the authors' code does; it is why their
+lambda and step sizes work as published.
+
+The gradient-aggregation baselines step :math:`x \leftarrow x - \alpha_k \,
+\mathrm{AGG}(g_1, \dots, g_m)` where each :math:`g_j = \nabla F(x, \xi_j) + \mu x`
+(or a Byzantine lie).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import Tensor
+
+from byzrsa.errors import ConfigError
+from byzrsa.penalties import subgradient
+
+__all__ = [
+    "SCHEDULES",
+    "MASTER_ORDERS",
+    "step_size",
+    "rsa_worker_step",
+    "rsa_master_step",
+    "aggregation_step",
+]
+
+SCHEDULES = ("sqrt", "constant")
+MASTER_ORDERS = ("jacobi", "gauss-seidel")
+
+
+def step_size(lr: float, k: int, schedule: str = "sqrt") -> float:
+    """Step size of iteration ``k`` (counted from 1): ``lr / sqrt(k)`` or the constant ``lr``."""
+    if k < 1:
+        raise ValueError(f"iterations are counted from k = 1, got k = {k}")
+    if schedule == "sqrt":
+        return lr / math.sqrt(k)
+    if schedule == "constant":
+        return lr
+    raise ConfigError(f"unknown step-size schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+
+
+def rsa_worker_step(x: Tensor, x0: Tensor, grad: Tensor, *, lam: float, p: float, alpha: float, m: int) -> Tensor:
+    """RSA regular-worker step (equation 10), for one row ``(d,)`` or a batch ``(r, d)``.
+
+    ``grad`` is the stochastic gradient of the worker's loss at ``x``; it is
+    divided by the number of workers ``m`` (mean-loss convention).
+    """
+    return x - alpha * (grad / m + lam * subgradient(x - x0, p))
+
+
+def rsa_master_step(x0: Tensor, messages: Tensor, *, lam: float, p: float, alpha: float, mu: float) -> Tensor:
+    """RSA master step (equation 11) over the ``(m, d)`` received messages.
+
+    Non-finite messages cannot poison ``x0``: the penalty subgradient of any
+    difference is finite (see :mod:`byzrsa.penalties`). A lost message (a dead
+    worker) is simply a missing row.
+    """
+    pull = subgradient(x0 - messages, p).sum(dim=0) if messages.shape[0] else 0.0
+    return x0 - alpha * (mu * x0 + lam * pull)
+
+
+def aggregation_step(x: Tensor, messages: Tensor, aggregate: Callable[[Tensor], Tensor], *, alpha: float) -> Tensor:
+    """Gradient-aggregation step ``x - alpha * aggregate(messages)``."""
+    return x - alpha * aggregate(messages)
