@@ -68,10 +68,15 @@ def krum(rows: np.ndarray, f: int, k: int = 1) -> np.ndarray:
 
 
 def geomed(rows: np.ndarray, iterations: int = 5000) -> np.ndarray:
+    """Weiszfeld run far past any practical tolerance (to machine precision)."""
     z = median(rows)
     for _ in range(iterations):
         w = np.array([1.0 / max(np.linalg.norm(r - z), 1e-300) for r in rows])
-        z = (w[:, None] * rows).sum(axis=0) / w.sum()
+        new = (w[:, None] * rows).sum(axis=0) / w.sum()
+        done = np.linalg.norm(new - z) <= 1e-15 * max(np.linalg.norm(z), 1.0)
+        z = new
+        if done:
+            break
     return z
 
 
