@@ -227,15 +227,21 @@ def decode(buffer: Tensor) -> Frame:
 
 
 class Link:
-    """Frames to and from one peer over the default process group.
+    """Frames to and from one peer, over a process group of just the two of them.
 
-    One receive is outstanding at a time into a fixed buffer of ``capacity``
-    bytes. ``pad`` (NCCL, whose sends and receives must have equal sizes) pads
-    every sent frame to ``pad`` bytes, the peer's capacity.
+    One group per master-worker pair, because gloo closes every connection of
+    a group when one receive times out: with a group per pair, a hung worker
+    loses only its own link. One receive is outstanding at a time into a
+    fixed buffer of ``capacity`` bytes. ``pad`` (NCCL, whose sends and
+    receives must have equal sizes) pads every sent frame to the peer's
+    capacity.
     """
 
-    def __init__(self, peer: int, capacity: int, peer_capacity: int, device: torch.device, pad: bool = False) -> None:
+    def __init__(
+        self, peer: int, group: Any, capacity: int, peer_capacity: int, device: torch.device, pad: bool = False
+    ) -> None:
         self.peer = peer
+        self.group = group
         self.capacity = capacity
         self.peer_capacity = peer_capacity
         self.device = device
@@ -250,7 +256,7 @@ class Link:
             raise PeerLost(self.closed)
         if self.pending is None:
             try:
-                self.pending = dist.irecv(self.buffer, src=self.peer)
+                self.pending = dist.irecv(self.buffer, src=self.peer, group=self.group)
             except RuntimeError as exc:
                 self._close(exc)
 
@@ -275,7 +281,7 @@ class Link:
             raise ValueError(f"frame of {frame.numel()} bytes exceeds the peer's buffer ({self.peer_capacity})")
         frame = frame.to(self.device)
         try:
-            work = dist.isend(frame, dst=self.peer)
+            work = dist.isend(frame, dst=self.peer, group=self.group)
         except RuntimeError as exc:
             self._close(exc)
         self.sends.append((work, frame))
@@ -341,6 +347,12 @@ def _capacity_to_worker(config: RunConfig, d: int, worker: int) -> int:
 
 def _capacity_to_master(config: RunConfig, d: int) -> int:
     return HEADER_BYTES + max(8 * d, _blob_bound(config, d))
+
+
+def pair_groups(config: RunConfig) -> list[Any]:
+    """One process group per (master, worker) pair; every rank creates all of them, in the same order."""
+    timeout = _pg_timeout(config)
+    return [dist.new_group([0, w + 1], timeout=timeout, backend=config.backend) for w in range(config.workers)]
 
 
 def master_silence(config: RunConfig) -> float:
@@ -551,7 +563,9 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
     worker = Worker(spec, device)
     comm_device = device if c.backend == "nccl" else torch.device("cpu")
     d = worker.d
-    link = Link(0, _capacity_to_worker(c, d, spec.worker), _capacity_to_master(c, d), comm_device, c.backend == "nccl")
+    group = pair_groups(c)[spec.worker]
+    link = Link(0, group, _capacity_to_worker(c, d, spec.worker), _capacity_to_master(c, d), comm_device,
+                c.backend == "nccl")
     silence = master_silence(c)
     faults = spec.faults
 
@@ -680,8 +694,9 @@ class Master:
         self.d = problem.model.dim
         self.comm_device = device if c.backend == "nccl" else torch.device("cpu")
         self.links = {}
+        groups = pair_groups(c)
         for w in range(c.workers):
-            self.links[w] = Link(w + 1, _capacity_to_master(c, self.d), _capacity_to_worker(c, self.d, w),
+            self.links[w] = Link(w + 1, groups[w], _capacity_to_master(c, self.d), _capacity_to_worker(c, self.d, w),
                                  self.comm_device, c.backend == "nccl")
         self.live = set(range(c.workers))
         self.dead: list[dict[str, Any]] = []
@@ -693,6 +708,8 @@ class Master:
         self.step_seconds = 0.0
         self.worker_blobs: dict[int, bytes] = {}
         self.exiled: set[int] = set()
+        self.skipped_steps = 0
+        self._skip_logged: set[int] = set()
         self.non_finite: dict[str, int] = {}
         self.resumed_from: int | None = None
         if resume is not None:
@@ -859,8 +876,11 @@ class Master:
             try:
                 self.x0 = aggregation_step(self.x0, stacked, pb.aggregate, alpha=alpha)
             except (ByzrsaError, ValueError, RuntimeError) as exc:
-                log.warning("iteration %d: the rule cannot aggregate the %d messages that arrived (%s): model unchanged",
-                            k, len(order), exc)
+                self.skipped_steps += 1
+                if len(order) not in self._skip_logged:  # once per number of rows, not every iteration
+                    self._skip_logged.add(len(order))
+                    log.warning("iteration %d: the rule cannot aggregate the %d messages that arrived (%s): "
+                                "model unchanged while this lasts", k, len(order), exc)
         self.step_seconds += time.perf_counter() - start
 
     def locals_(self) -> Tensor | None:
@@ -938,6 +958,8 @@ class Master:
         self.extra["dead_workers"] = list(self.dead)
         self.extra["malformed_messages"] = dict(self.malformed)
         self.extra["non_finite_messages"] = dict(self.non_finite)
+        if self.skipped_steps:
+            self.extra["skipped_steps"] = self.skipped_steps
         if self.resumed_from is not None:
             self.extra["resumed_from"] = self.resumed_from
 
@@ -1119,6 +1141,7 @@ class LocalLaunch:
                 self.procs[w] = proc
             store = dist.FileStore(store_path, world)
             self._await_ready(store, c)
+            self.excepthook = sys.excepthook  # init_process_group wraps it for good; put it back on exit
             with _env(**env):
                 dist.init_process_group(c.backend, store=store, rank=0, world_size=world, timeout=_pg_timeout(c))
             self.initialised = True
@@ -1162,6 +1185,7 @@ class LocalLaunch:
         if self.initialised:
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+            sys.excepthook = self.excepthook
             self.initialised = False
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
