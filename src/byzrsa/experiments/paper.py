@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,7 +495,7 @@ def base_settings(
         base.update(iterations=QUICK_ITERATIONS, eval_every=QUICK_EVAL_EVERY)
     if iterations is not None:
         base["iterations"] = iterations
-        base["eval_every"] = max(1, min(PAPER_SETTING["eval_every"], iterations // 20))
+        base["eval_every"] = max(1, min(PAPER_SETTING["eval_every"], iterations // 10))
     if eval_every is not None:
         base["eval_every"] = eval_every
     for item in overrides or ():
@@ -595,14 +595,21 @@ def _progress_of(root: Path, key: str) -> int:
 
 
 def execute(
-    runs: Mapping[str, RunConfig], out: str | Path, *, jobs: int | None = None, quiet: bool = False
-) -> dict[str, str]:
+    runs: Mapping[str, RunConfig],
+    out: str | Path,
+    *,
+    jobs: int | None = None,
+    quiet: bool = False,
+    extra: Mapping[str, tuple[Callable[..., Any], tuple[Any, ...]]] | None = None,
+) -> tuple[dict[str, str], dict[str, Any]]:
     """Run every config of ``runs`` (key -> config) whose results are not in ``out`` yet.
 
     Runs go to ``jobs`` worker processes (default: the number of CPU cores),
-    each with one torch thread. Returns key -> error message of failed runs
-    (empty when all succeeded). One progress bar counts the iterations of the
-    whole batch.
+    each with one torch thread, slowest first. ``extra`` names further jobs
+    (a picklable function and its arguments, e.g. the theory checks) that share
+    the processes. Returns (key -> error message of failed runs or jobs,
+    name -> result of each extra job). One progress bar counts the iterations
+    of the whole batch.
     """
     out = Path(out)
     root = out / "runs"
@@ -610,64 +617,77 @@ def execute(
     for stale in root.glob(".tmp-*"):  # left by an interrupted invocation
         shutil.rmtree(stale, ignore_errors=True)
     pending = sorted((k for k in runs if not is_done(out, k)), key=lambda k: -_cost(runs[k]))
+    extra = dict(extra or {})
     failures: dict[str, str] = {}
-    if not pending:
-        if not quiet:
-            print(f"all {len(runs)} runs already done in {root}", file=sys.stderr)
-        return failures
+    results: dict[str, Any] = {}
+    if not quiet and not pending:
+        print(f"all {len(runs)} runs already done in {root}", file=sys.stderr)
+    if not pending and not extra:
+        return failures, results
     jobs = max(1, jobs or os.cpu_count() or 1)
     total = sum(runs[k].iterations for k in pending)
     bar = None
-    if not quiet:
+    if not quiet and pending:
         from tqdm import tqdm
 
         done_before = len(runs) - len(pending)
+        others = f" + {', '.join(extra)}" if extra else ""
         print(
-            f"{len(pending)} runs to do ({done_before} already done), {jobs} process{'es' if jobs > 1 else ''}",
+            f"{len(pending)} runs to do{others} ({done_before} already done), {jobs} process{'es' if jobs > 1 else ''}",
             file=sys.stderr,
         )
         bar = tqdm(total=total, unit="it", dynamic_ncols=True, desc="reproduce", smoothing=0.05, mininterval=1.0)
     finished_iters = 0
+    finished_runs = len(runs) - len(pending)
 
-    def note(key: str, error: BaseException | None) -> None:
-        nonlocal finished_iters
-        finished_iters += runs[key].iterations
+    def note(key: str, outcome: Any, error: BaseException | None) -> None:
+        nonlocal finished_iters, finished_runs
+        if key in runs:
+            finished_iters += runs[key].iterations
+            finished_runs += 1
+        elif error is None:
+            results[key] = outcome
         if error is not None:
             failures[key] = f"{type(error).__name__}: {error}"
+            what = runs[key].method if key in runs else "job"
+            message = f"{key} ({what}) failed: {failures[key]}"
             if bar is not None:
-                bar.write(f"run {key} ({runs[key].method}) failed: {failures[key]}")
+                bar.write(message)
+            elif not quiet:
+                print(message, file=sys.stderr)
 
+    # (name, function, arguments); the extra jobs first, then the slowest runs.
+    tasks: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [(n, f, a) for n, (f, a) in extra.items()]
+    tasks += [(key, execute_one, (key, runs[key].to_json(), str(out))) for key in pending]
     try:
         if jobs == 1:
-            for key in pending:
+            _init_process()
+            for name, func, arguments in tasks:
                 try:
-                    _init_process()
-                    execute_one(key, runs[key].to_json(), str(out))
-                    note(key, None)
+                    note(name, func(*arguments), None)
                 except Exception as exc:  # noqa: BLE001 - a failed run must not stop the others
-                    note(key, exc)
+                    note(name, None, exc)
                 if bar is not None:
                     bar.n = finished_iters
+                    bar.set_postfix_str(f"{finished_runs}/{len(runs)} runs")
                     bar.refresh()
         else:
             import multiprocessing
 
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_process) as pool:
-                futures: dict[Future[Any], str] = {
-                    pool.submit(execute_one, key, runs[key].to_json(), str(out)): key for key in pending
-                }
+                futures: dict[Future[Any], str] = {pool.submit(func, *arguments): name for name, func, arguments in tasks}
                 remaining = set(futures)
                 try:
                     while remaining:
                         done, remaining = wait(remaining, timeout=1.0, return_when=FIRST_COMPLETED)
                         for future in done:
                             error = future.exception()
-                            note(futures[future], error)
+                            note(futures[future], None if error else future.result(), error)
                         if bar is not None:
-                            running = [futures[f] for f in remaining if f.running()]
+                            running = [futures[f] for f in remaining if f.running() and futures[f] in runs]
                             bar.n = finished_iters + sum(_progress_of(root, k) for k in running)
-                            bar.set_postfix_str(f"{len(runs) - len(pending) + len(futures) - len(remaining)}/{len(runs)} runs")
+                            bar.set_postfix_str(f"{finished_runs}/{len(runs)} runs")
                             bar.refresh()
                 except KeyboardInterrupt:
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -675,7 +695,7 @@ def execute(
     finally:
         if bar is not None:
             bar.close()
-    return failures
+    return failures, results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,17 +748,20 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(the_plan.to_json() + "\n")
     started = time.perf_counter()
-    failures = execute(the_plan.runs, out, jobs=jobs, quiet=quiet) if the_plan.runs else {}
-    run_seconds = time.perf_counter() - started
+    extra: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
     theory_result = None
-    timing: dict[str, float] = {"run_seconds": run_seconds}
+    theory_quick = quick or (iterations is not None and iterations < 1000)
     if "theory" in names:
         from byzrsa.experiments import theory
 
-        tick = time.perf_counter()
-        theory_result = theory.run_checks(out / "theory", quick=quick or (iterations is not None and iterations < 1000),
-                                          quiet=quiet)
-        timing["theory_seconds"] = time.perf_counter() - tick
+        theory_result = theory.load_cached(out / "theory", quick=theory_quick)
+        if theory_result is None:
+            extra["theory"] = (theory.run_checks, (str(out / "theory"), theory_quick))
+    failures, results = execute(the_plan.runs, out, jobs=jobs, quiet=quiet, extra=extra)
+    theory_result = results.get("theory", theory_result)
+    timing: dict[str, float] = {"run_seconds": time.perf_counter() - started}
+    if theory_result is not None and "theory" in results:
+        timing["theory_seconds"] = theory_result["seconds"]
     timing["total_seconds"] = time.perf_counter() - started
     path = report.write_report(out, the_plan, dataset=dataset, quick=quick, theory=theory_result, failures=failures,
                                data_dir=data_dir, timing=timing)

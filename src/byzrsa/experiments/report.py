@@ -515,7 +515,8 @@ def _timing_text(out: Path, plan: Plan, timing: Mapping[str, float] | None) -> s
         text += (
             f" This invocation took {timing.get('total_seconds', math.nan):.0f} s of wall time "
             f"({timing.get('run_seconds', math.nan):.0f} s running the runs"
-            + (f", {timing['theory_seconds']:.0f} s on the theory checks" if "theory_seconds" in timing else "")
+            + (f"; the theory checks took {timing['theory_seconds']:.0f} s in one of the processes, alongside the runs"
+               if "theory_seconds" in timing else "")
             + "); runs finished by an earlier invocation were not rerun."
         )
     return text
