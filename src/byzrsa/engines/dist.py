@@ -127,7 +127,8 @@ log = logging.getLogger("byzrsa.dist")
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Testing hook: "WORKER:ITERATION:KIND,..." makes worker WORKER misbehave at ITERATION
-# (KIND: exit, hang, size, dtype, nan, slow); "master:ITERATION:exit" kills the master.
+# (KIND: exit, hang, size, dtype, nan, slow; "WORKER:0:config" greets with another seed);
+# "master:ITERATION:exit" kills the master at that iteration.
 FAULTS_ENV = "BYZRSA_DIST_FAULTS"
 # Attacks known not to read the regular workers' messages: they answer without a forward.
 BLIND_ATTACKS = frozenset({"none", "same-value", "sign-flip", "gaussian", "non-finite"})
@@ -572,7 +573,10 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
     def receive(timeout: float = silence) -> Frame:
         return link.receive(time.monotonic() + timeout)
 
-    hello = {"identity": config_identity(c), "fingerprint": _fingerprint(spec.x, spec.y), "worker": spec.worker,
+    identity = config_identity(c)
+    if faults.get(0) == "config":  # testing hook: a worker started with another seed
+        identity["seed"] += 1
+    hello = {"identity": identity, "fingerprint": _fingerprint(spec.x, spec.y), "worker": spec.worker,
              "host": socket.gethostname(), "pid": os.getpid()}
     try:
         link.send(encode_blob(Kind.HELLO, 0, json.dumps(hello).encode()))

@@ -1,0 +1,274 @@
+"""The distributed engine: same trajectory as the simulator, launch paths, faults, checkpoints.
+
+Worker processes are forked from multiprocessing's forkserver, so after the
+first launch (which imports torch once) a launch costs about a second. Every
+test ends the processes it started: the engine kills its workers on exit, and
+the tests that kill a master check that its workers are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from byzrsa.engines import dist as engine
+from byzrsa.engines.common import build_problem
+from byzrsa.engines.sim import simulate
+from byzrsa.errors import ByzrsaError
+from byzrsa.experiments.config import RunConfig
+from byzrsa.experiments.runner import read_metrics, run
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+ITERATIONS = 30
+BASE = dict(
+    dataset="synthetic", workers=4, byzantine=1, batch_size=4, iterations=ITERATIONS, eval_every=10,
+    dtype="float64", seed=5, lr=0.05, lam=0.05, attack_std=3.0, geomed_tol=1e-15, geomed_max_iter=5000,
+)
+METRICS = ("accuracy", "test_loss", "train_loss", "variance")
+
+
+def config(**settings) -> RunConfig:
+    return RunConfig(**{**BASE, **settings})
+
+
+def assert_rows_equal(expected: list[dict], got: list[dict]) -> None:
+    assert [r["iteration"] for r in got] == [r["iteration"] for r in expected]
+    for a, b in zip(expected, got):
+        for key in METRICS:
+            if math.isnan(a[key]):
+                assert math.isnan(b[key]), (key, a, b)
+            else:
+                assert abs(a[key] - b[key]) <= 1e-10, (key, a, b)
+
+
+def final_x0(folder: Path) -> torch.Tensor:
+    return torch.load(folder / engine.CHECKPOINT_NAME, weights_only=True)["x0"]
+
+
+def sim_run(c: RunConfig) -> tuple[list[dict], torch.Tensor]:
+    from byzrsa.engines.sim import Simulator
+
+    problem = build_problem(c.replace(engine="sim"))
+    rows = list(simulate(problem))
+    sim = Simulator(problem)
+    with torch.no_grad():
+        for _ in range(c.iterations):
+            sim.step()
+    return rows, sim.x0
+
+
+def dist_matches_sim(tmp_path: Path, c: RunConfig) -> dict:
+    out = tmp_path / "run"
+    summary = run(c.replace(engine="dist", checkpoint_every=c.iterations), out)
+    rows, x0 = sim_run(c)
+    assert_rows_equal(rows, read_metrics(out))
+    torch.testing.assert_close(final_x0(out), x0, rtol=0, atol=1e-10)
+    assert summary["dead_workers"] == [] and summary["malformed_messages"] == {}
+    return summary
+
+
+def write_toml(c: RunConfig, path: Path) -> Path:
+    items = c.to_dict().items()
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in items if v is not None and k != "engine"
+                            and not (isinstance(v, float) and not math.isfinite(v))))
+    return path
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Processes whose environment carries ``marker`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def wait_gone(marker: str, seconds: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (left := marked_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+# ----------------------------------------------------------------------------- frames (no processes)
+
+
+def test_frames_roundtrip_and_reject_garbage():
+    x = torch.arange(6, dtype=torch.float64)
+    frame = engine.encode(engine.Kind.MSG, 7, x)
+    buffer = torch.zeros(frame.numel() + 100, dtype=torch.uint8)
+    buffer[: frame.numel()] = frame
+    got = engine.decode(buffer)
+    assert (got.kind, got.iteration, got.dtype, got.numel) == (engine.Kind.MSG, 7, torch.float64, 6)
+    assert torch.equal(got.tensor(), x)
+    with pytest.raises(engine.Malformed):
+        engine.decode(torch.zeros(200, dtype=torch.uint8))  # no magic
+    too_big = engine.encode(engine.Kind.MSG, 7, torch.zeros(100, dtype=torch.float64))
+    with pytest.raises(engine.Malformed):
+        engine.decode(too_big[:200].clone())  # announces more than the buffer holds
+
+
+def test_identity_ignores_local_fields():
+    a = engine.config_identity(config(timeout=5, device="cpu", iterations=3))
+    b = engine.config_identity(config(timeout=9, iterations=7, threads=2))
+    assert a == b
+    assert engine._differences(a, engine.config_identity(config(seed=6))) == "seed=6 (master: 5)"
+
+
+# ----------------------------------------------------------------------------- same trajectory
+
+
+@pytest.mark.parametrize(
+    "norm, attack, order",
+    [("l1", "copy", "jacobi"), ("l2", "sign-flip", "jacobi"), ("linf", "gaussian", "jacobi"),
+     ("3", "non-finite", "jacobi"), ("l1", "negative-sum", "gauss-seidel")],
+)
+def test_rsa_matches_simulator(tmp_path, norm, attack, order):
+    summary = dist_matches_sim(tmp_path, config(method="rsa", norm=norm, attack=attack, master_order=order,
+                                                attack_value=math.inf))
+    if attack == "non-finite":
+        assert summary["non_finite_messages"] == {"3": ITERATIONS}  # kept, and harmless
+
+
+@pytest.mark.parametrize(
+    "method, attack",
+    [("sgd", "negative-sum"), ("ideal-sgd", "same-value"), ("geomed", "gaussian"), ("krum", "copy"),
+     ("median", "sign-flip"), ("trimmed-mean", "same-value"), ("multi-krum", "negative-sum")],
+)
+def test_baselines_match_simulator(tmp_path, method, attack):
+    dist_matches_sim(tmp_path, config(method=method, attack=attack, workers=5))
+
+
+def test_torchrun_one_node_matches_simulator(tmp_path):
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    c = config(method="rsa", attack="copy", workers=3, checkpoint_every=ITERATIONS)
+    write_toml(c, tmp_path / "run.toml")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = ["torchrun", "--nnodes", "1", "--nproc-per-node", "4", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "byzrsa.dist", "--config", str(tmp_path / "run.toml"),
+           "--out", str(tmp_path / "out"), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows, x0 = sim_run(c)
+    assert_rows_equal(rows, read_metrics(tmp_path / "out"))
+    torch.testing.assert_close(final_x0(tmp_path / "out"), x0, rtol=0, atol=1e-10)
+
+
+def test_entry_point_checks_world_size(monkeypatch, capsys):
+    from byzrsa.dist import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    assert main(["--workers", "4", "--dataset", "synthetic"]) == 2
+    assert "workers + 1 = 5" in capsys.readouterr().err
+    monkeypatch.delenv("RANK")
+    assert main([]) == 2
+    assert "torchrun" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def test_dead_and_hung_workers_are_dropped(tmp_path, monkeypatch):
+    monkeypatch.setenv(engine.FAULTS_ENV, "1:4:exit,3:6:hang")
+    summary = run(config(method="rsa", attack="copy", timeout=1.5, engine="dist"), tmp_path / "run")
+    dead = {d["worker"]: d for d in summary["dead_workers"]}
+    assert sorted(dead) == [1, 3]
+    assert dead[1]["iteration"] == 4 and "closed" in dead[1]["reason"]
+    assert dead[3]["iteration"] == 6 and "did not answer within 1.5 s" in dead[3]["reason"]
+    assert summary["iterations"] == ITERATIONS and math.isfinite(summary["final_train_loss"])
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["dead_workers"] == summary["dead_workers"]
+
+
+def test_gradient_rule_aggregates_what_arrived(tmp_path, monkeypatch):
+    monkeypatch.setenv(engine.FAULTS_ENV, "0:3:exit")
+    summary = run(config(method="median", attack="same-value", engine="dist"), None)
+    assert [d["worker"] for d in summary["dead_workers"]] == [0]
+    assert summary["iterations"] == ITERATIONS and math.isfinite(summary["final_train_loss"])
+
+
+def test_malformed_messages_are_byzantine_not_a_crash(monkeypatch):
+    monkeypatch.setenv(engine.FAULTS_ENV, "1:5:size,2:6:dtype,0:7:nan,0:8:size")
+    summary = run(config(method="rsa", attack="same-value", engine="dist"), None)
+    bad = summary["malformed_messages"]
+    assert bad["1"]["count"] == 1 and "entries" in bad["1"]["first"]
+    assert bad["2"]["count"] == 1 and "dtype" in bad["2"]["first"]
+    assert bad["0"]["count"] == 1 and summary["non_finite_messages"] == {"0": 1}
+    assert summary["dead_workers"] == [] and math.isfinite(summary["final_train_loss"])
+
+
+def test_worker_with_another_config_is_refused(monkeypatch):
+    monkeypatch.setenv(engine.FAULTS_ENV, "2:0:config")
+    with pytest.raises(ByzrsaError, match=r"worker 2 \(rank 3\): different config: seed=6 \(master: 5\)"):
+        run(config(method="rsa", engine="dist"), None)
+
+
+def test_interrupted_run_ends_its_workers():
+    import multiprocessing
+
+    problem = build_problem(config(method="rsa", engine="dist", iterations=10_000, eval_every=5))
+    stream = engine.run_local(problem, {})
+    next(stream), next(stream)  # Ctrl-C arrives in the middle of training
+    workers = [p for p in multiprocessing.active_children() if p.name.startswith("byzrsa-worker")]
+    assert len(workers) == 4
+    with pytest.raises(KeyboardInterrupt):
+        stream.throw(KeyboardInterrupt)
+    assert not any(p.is_alive() for p in workers)
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_crashed_master_ends_workers_and_resume_reaches_the_same_result(tmp_path):
+    c = config(method="rsa", attack="gaussian", iterations=20, eval_every=5, checkpoint_every=10)
+    toml = write_toml(c, tmp_path / "run.toml")
+    marker = f"BYZRSA_TEST_{uuid.uuid4().hex}"
+    env = {**os.environ, engine.FAULTS_ENV: "master:15:exit", "BYZRSA_TEST_MARK": marker}
+    out = tmp_path / "crashed"
+    cmd = [sys.executable, "-m", "byzrsa.cli", "run", "--config", str(toml), "--engine", "dist", "--quiet", "--out",
+           str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 17, done.stderr[-3000:]
+    assert wait_gone(marker) == [], "workers outlived their master"
+    assert [r["iteration"] for r in read_metrics(out)] == [0, 5, 10]
+    assert torch.load(out / engine.CHECKPOINT_NAME, weights_only=True)["k"] == 10
+
+    from byzrsa.cli import main
+
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["resumed_from"] == 10
+    whole = tmp_path / "whole"
+    run(c.replace(engine="dist"), whole)
+    assert_rows_equal(read_metrics(whole), read_metrics(out))
+    torch.testing.assert_close(final_x0(out), final_x0(whole), rtol=0, atol=0)
+
+
+def test_resume_refuses_another_run(tmp_path):
+    out = tmp_path / "run"
+    run(config(method="rsa", engine="dist", iterations=10, checkpoint_every=10), out)
+    with pytest.raises(ByzrsaError, match="different run: lam"):
+        run(config(method="rsa", engine="dist", iterations=20, checkpoint_every=10, lam=0.5), out, resume=out)
+    with pytest.raises(ByzrsaError, match="--engine dist"):
+        run(config(method="rsa", iterations=20), out, resume=out)
