@@ -154,3 +154,20 @@ def test_list_prints_presets(capsys):
     text = capsys.readouterr().out
     for name in FIGURES:
         assert name + ":" in text
+
+
+def test_tune_grid_picks_the_best(tmp_path, capsys):
+    from byzrsa.experiments.tune import parse_grid
+
+    assert parse_grid("1e-5, 3e-5,1e-5") == [1e-5, 3e-5]
+    with pytest.raises(ConfigError):
+        parse_grid("1e-5,abc")
+    out = tmp_path / "tune"
+    code = main(["tune", "--figure", "fig3", "--method", "median", "--grid", "1e-7,1e-4", "--iterations", "10",
+                 "--jobs", "1", "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "best: --lr 0.0001" in printed  # 1e-7 barely moves from the zero model in 10 steps
+    table = json.loads((out / "tune.json").read_text())
+    assert [row["lr"] for row in table["rows"]] == [1e-7, 1e-4]
+    assert table["config"]["pixels"] == "raw" and table["config"]["method"] == "median"
