@@ -240,11 +240,12 @@ def test_interrupted_run_ends_its_workers():
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
-def test_crashed_master_ends_workers_and_resume_reaches_the_same_result(tmp_path):
+def test_crashed_master_ends_workers_and_resume_reaches_the_same_result(tmp_path, monkeypatch):
     c = config(method="rsa", attack="gaussian", iterations=20, eval_every=5, checkpoint_every=10)
     toml = write_toml(c, tmp_path / "run.toml")
     marker = f"BYZRSA_TEST_{uuid.uuid4().hex}"
-    env = {**os.environ, engine.FAULTS_ENV: "master:15:exit", "BYZRSA_TEST_MARK": marker}
+    # Worker 1 dies at iteration 3, before the checkpoint at 10; the master dies at 15.
+    env = {**os.environ, engine.FAULTS_ENV: "1:3:exit,master:15:exit", "BYZRSA_TEST_MARK": marker}
     out = tmp_path / "crashed"
     cmd = [sys.executable, "-m", "byzrsa.cli", "run", "--config", str(toml), "--engine", "dist", "--quiet", "--out",
            str(out)]
@@ -259,7 +260,9 @@ def test_crashed_master_ends_workers_and_resume_reaches_the_same_result(tmp_path
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["resumed_from"] == 10
+    assert [(d["worker"], d["iteration"]) for d in resumed["dead_workers"]] == [(1, 3)]  # stays out
     whole = tmp_path / "whole"
+    monkeypatch.setenv(engine.FAULTS_ENV, "1:3:exit")
     run(c.replace(engine="dist"), whole)
     assert_rows_equal(read_metrics(whole), read_metrics(out))
     torch.testing.assert_close(final_x0(out), final_x0(whole), rtol=0, atol=0)

@@ -1094,6 +1094,33 @@ def _local_worker_process(spec_blob: bytes, rank: int, world: int, store_path: s
         os._exit(code)
 
 
+@contextlib.contextmanager
+def _without_main() -> Iterator[None]:
+    """Start processes without re-importing the caller's ``__main__`` in them.
+
+    multiprocessing (spawn, forkserver) imports the parent's main script in
+    each child so that pickled functions of it resolve; our workers run a
+    function of this module on bytes, so that import is useless, and harmful
+    for a script that calls :func:`byzrsa.run` without an
+    ``if __name__ == "__main__"`` guard (it would run again in every child).
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = preparation_data
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
+
+
 class LocalLaunch:
     """The master (this process, rank 0) and one process per worker on this machine, on 127.0.0.1.
 
@@ -1139,7 +1166,8 @@ class LocalLaunch:
                     name=f"byzrsa-worker-{w}",
                     daemon=True,
                 )
-                proc.start()
+                with _without_main():
+                    proc.start()
                 reader.close()
                 self.pipes.append(writer)
                 self.procs[w] = proc
