@@ -58,7 +58,7 @@ HELP: dict[str, str] = {
     "engine": "sim (vectorised simulator) or dist (one process per worker, torch.distributed)",
     "backend": "dist engine: gloo or nccl",
     "timeout": "dist engine: seconds before a silent worker is declared dead",
-    "checkpoint_every": "dist engine: checkpoint the master every N iterations (0: never)",
+    "checkpoint_every": "dist engine: checkpoint the master every N iterations into --out (0: never); see --resume",
 }
 ALIASES = {"attack_sigma": ["--sigma"], "attack_copy_from": ["--copy-from"], "attack_c": ["--c"]}
 
@@ -80,23 +80,40 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """Resolve defaults < --config file < flags < --set into a RunConfig."""
+def config_from_args(args: argparse.Namespace, base: Any = None) -> Any:
+    """Resolve defaults (or ``base``) < --config file < flags < --set into a RunConfig."""
     from byzrsa.experiments.config import RunConfig, apply_overrides, load_config
 
-    config = load_config(args.config) if args.config else RunConfig()
+    config = load_config(args.config) if args.config else (base if base is not None else RunConfig())
     given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
     if given:
         config = config.replace(**given)
     return apply_overrides(config, args.set)
 
 
+def resume_base(resume: str | None) -> Any:
+    """The config of the results folder ``resume`` (its config.json), or None."""
+    if resume is None:
+        return None
+    from pathlib import Path
+
+    from byzrsa.errors import ConfigError
+    from byzrsa.experiments.config import load_config
+
+    path = Path(resume) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume {resume}: no config.json there; give the results folder of a checkpointed run")
+    return load_config(path)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from byzrsa.experiments.runner import run
 
-    config = config_from_args(args)
+    config = config_from_args(args, resume_base(args.resume))
+    if args.resume and args.out is None:
+        args.out = args.resume
     try:
-        summary = run(config, args.out, quiet=args.quiet)
+        summary = run(config, args.out, quiet=args.quiet, resume=args.resume)
     except KeyboardInterrupt:
         where = f"; partial results are in {args.out}" if args.out else ""
         print(f"byzrsa: interrupted{where}", file=sys.stderr)
@@ -119,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(run_parser)
     run_parser.add_argument("--out", metavar="DIR", help="results folder (created); without it nothing is written")
     run_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_parser.add_argument(
+        "--resume", metavar="DIR",
+        help="continue the checkpointed dist run in results folder DIR (its config.json and checkpoint.pt); "
+        "results go to DIR unless --out is given",
+    )
     run_parser.set_defaults(handler=_cmd_run)
     for name in PLUGINS:
         try:

@@ -19,6 +19,7 @@ import torch
 
 from byzrsa.data import Dataset
 from byzrsa.engines.common import build_problem
+from byzrsa.errors import ConfigError
 from byzrsa.experiments.config import RunConfig, config_from_dict
 from byzrsa.experiments.plots import plot_curves
 from byzrsa.penalties import norm_name, parse_norm
@@ -38,12 +39,16 @@ def describe(config: RunConfig) -> str:
     return label
 
 
-def _rows(config: RunConfig, dataset: Dataset | None, extra: dict[str, Any]) -> Iterator[dict[str, float]]:
+def _rows(
+    config: RunConfig, dataset: Dataset | None, extra: dict[str, Any], out_dir: Path | None, resume: Path | None
+) -> Iterator[dict[str, float]]:
+    if resume is not None and config.engine != "dist":
+        raise ConfigError("--resume continues a checkpointed run of the dist engine: add --engine dist")
     problem = build_problem(config, dataset)
     if config.engine == "dist":
         from byzrsa.engines.dist import run_local  # imported lazily: it pulls in torch.distributed
 
-        yield from run_local(problem, extra)
+        yield from run_local(problem, extra, checkpoint_dir=out_dir, resume=resume)
     else:
         from byzrsa.engines.sim import simulate
 
@@ -56,12 +61,14 @@ def run(
     *,
     quiet: bool = True,
     dataset: Dataset | None = None,
+    resume: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train as ``config`` says; return the summary (and write the results folder if ``out`` is given).
 
     Raises :class:`byzrsa.errors.ByzrsaError` for an impossible config or
     missing data, before any training. ``KeyboardInterrupt`` is re-raised after
-    the partial results are written.
+    the partial results are written. ``resume`` (dist engine) is a results
+    folder holding a ``checkpoint.pt``: the run continues from it.
     """
     if isinstance(config, dict):
         config = config_from_dict(config)
@@ -74,8 +81,9 @@ def run(
     progress = None
     writer = handle = None
     interrupted = False
+    stream = None
     try:
-        stream = _rows(config, dataset, extra)
+        stream = _rows(config, dataset, extra, out_dir, Path(resume) if resume is not None else None)
         first = next(stream)  # builds the problem: every input error surfaces here, before training
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +107,8 @@ def run(
         interrupted = True
         raise
     finally:
+        if stream is not None:
+            stream.close()  # ends the engine now (the dist engine's processes), not at garbage collection
         if progress is not None:
             progress.close()
         if handle is not None:
