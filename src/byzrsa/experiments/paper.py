@@ -564,7 +564,11 @@ def execute_one(key: str, config_json: str, out: str) -> dict[str, Any]:
     final = root / key
     if tmp.exists():
         shutil.rmtree(tmp)
-    summary = run(config, tmp, quiet=True, dataset=_dataset_for(config))
+    try:
+        summary = run(config, tmp, quiet=True, dataset=_dataset_for(config))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # another process finished the same run first
         shutil.rmtree(tmp, ignore_errors=True)
     else:
