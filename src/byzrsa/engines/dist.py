@@ -487,7 +487,8 @@ class Worker:
         self.attack_gen = derive_generator(c.seed, "attack", self.index) if self.role == "byzantine" else None
         start = self.model.init(derive_generator(c.seed, "init"), self.dtype).to(device)
         self.x = start.clone() if c.method == "rsa" and self.computes else None
-        self.compute_seconds = 0.0
+        self.compute_seconds = 0.0  # wall clock
+        self.compute_cpu = 0.0  # CPU time of this thread (what an oversubscribed machine cannot hide)
         self.steps = 0
 
     # state -------------------------------------------------------------------------------------
@@ -607,7 +608,7 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
                     link.send(encode(Kind.MSG, k, frame.data))
                     continue
                 x0 = frame.tensor().to(device) if frame.numel else None
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.thread_time()
                 if worker.role == "regular":
                     if worker.sends_first:
                         link.send(encode(Kind.MSG, k, _faulty(worker.x, fault)))
@@ -619,15 +620,17 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
                     own = worker.advance(k, x0)
                     if _forwards(c):
                         worker.compute_seconds += time.perf_counter() - start
+                        worker.compute_cpu += time.thread_time() - cpu
                         attack_frame = receive()
                         if attack_frame.kind != Kind.ATTACK or attack_frame.iteration != k:
                             raise Malformed(f"expected ATTACK of iteration {k}, got {Kind(attack_frame.kind).name}")
                         regular = attack_frame.tensor().to(device).view(-1, d)[: attack_frame.rows if attack_frame.numel else 0]
-                        start = time.perf_counter()
+                        start, cpu = time.perf_counter(), time.thread_time()
                     else:
                         regular = torch.empty(0, d, dtype=worker.dtype, device=device)
                     message = worker.byzantine_message(regular, own)
                 worker.compute_seconds += time.perf_counter() - start
+                worker.compute_cpu += time.thread_time() - cpu
                 worker.steps += 1
                 if message is not None:
                     link.send(encode(Kind.MSG, k, _faulty(message, fault)))
@@ -636,7 +639,7 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
             elif kind == Kind.SNAPSHOT:
                 link.send(encode_blob(Kind.STATE, k, worker.state_blob()))
             elif kind == Kind.STOP:
-                stats = torch.tensor([worker.steps, worker.compute_seconds], dtype=torch.float64)
+                stats = torch.tensor([worker.steps, worker.compute_seconds, worker.compute_cpu], dtype=torch.float64)
                 link.send(encode(Kind.STATS, k, stats))
                 link.flush(time.monotonic() + 10.0)
                 return 0
@@ -710,6 +713,7 @@ class Master:
         self.rows: list[dict[str, float]] = []
         self.train_seconds = 0.0
         self.step_seconds = 0.0
+        self.step_cpu = 0.0
         self.worker_blobs: dict[int, bytes] = {}
         self.exiled: set[int] = set()
         self.skipped_steps = 0
@@ -872,7 +876,7 @@ class Master:
         if not any(w < c.regular for w in self.live):
             raise DistError(f"every regular worker is dead (iteration {k}); see the log for which and why")
         order = [w for w in range(c.workers) if w in messages]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         stacked = torch.stack([messages[w] for w in order]) if order else torch.empty(0, self.d, dtype=pb.dtype)
         if pb.is_rsa:
             self.x0 = rsa_master_step(self.x0, stacked, lam=c.lam, p=pb.p, alpha=alpha, mu=c.mu)
@@ -886,6 +890,7 @@ class Master:
                     log.warning("iteration %d: the rule cannot aggregate the %d messages that arrived (%s): "
                                 "model unchanged while this lasts", k, len(order), exc)
         self.step_seconds += time.perf_counter() - start
+        self.step_cpu += time.thread_time() - cpu
 
     def locals_(self) -> Tensor | None:
         """The live regular workers' iterates (RSA), asked for with a REPORT round."""
@@ -945,15 +950,20 @@ class Master:
         for w in live:
             self._send(w, frame)
         stats = self._gather(live, Kind.STATS)
-        compute = [float(f.data[1]) / max(float(f.data[0]), 1) for w, f in stats.items()
-                   if f.dtype == torch.float64 and f.numel == 2 and w < c.regular]
+        per_worker = {w: f.tensor().tolist() for w, f in stats.items() if f.dtype == torch.float64 and f.numel == 3}
+        wall = [s[1] / max(s[0], 1) for w, s in per_worker.items() if w < c.regular]
+        cpu = [s[2] / max(s[0], 1) for w, s in per_worker.items() if w < c.regular]
         done = self.k - (self.resumed_from or 0)
+        mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
         timing = {
             "iterations": done,
             "seconds_per_iteration": self.train_seconds / self.k if self.k else None,
             "master_step_per_iteration": self.step_seconds / done if done else None,
-            "worker_compute_per_iteration_mean": float(np.mean(compute)) if compute else None,
-            "worker_compute_per_iteration_max": float(np.max(compute)) if compute else None,
+            "master_step_cpu_per_iteration": self.step_cpu / done if done else None,
+            "worker_compute_per_iteration_mean": mean(wall),
+            "worker_compute_per_iteration_max": float(np.max(wall)) if wall else None,
+            "worker_compute_cpu_per_iteration_mean": mean(cpu),
+            "computing_workers": sum(1 for w in range(c.workers) if _computes(c, w) and _role(c, w) != "idle"),
         }
         self.extra["dist"] = {"backend": c.backend, "world_size": c.workers + 1, "timing": timing}
         self._summarise()
