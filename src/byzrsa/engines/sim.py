@@ -17,6 +17,7 @@ from torch import Tensor
 
 from byzrsa.engines.common import Problem
 from byzrsa.methods import aggregation_step, rsa_master_step, rsa_worker_step, step_size
+from byzrsa.penalties import subgradient
 
 __all__ = ["Simulator", "simulate"]
 
@@ -40,9 +41,17 @@ class Simulator:
         start = problem.init_vector()
         self.x0 = start.clone()  # RSA's master model, or the baselines' shared model
         self.workers = start.expand(c.workers, -1).clone() if problem.is_rsa else None
+        # Every worker's minibatch indices for the rest of the current sampler block,
+        # (n, active, b), on the device: one stack (and one host-to-device copy) per block.
+        self._indices = torch.empty(0, self.active, c.batch_size, dtype=torch.long)
+        self._row = 0
 
     def _minibatch(self) -> tuple[Tensor, Tensor]:
-        return self.problem.gather(torch.stack([s.next() for s in self.samplers]))
+        if self._row == self._indices.shape[0]:
+            blocks = [s.next_block() for s in self.samplers]  # the samplers move in lockstep
+            self._indices, self._row = torch.stack(blocks, dim=1).to(self.problem.device), 0
+        self._row += 1
+        return self.problem.gather(self._indices[self._row - 1])
 
     def _byzantine_messages(self, regular: Tensor, own: Tensor) -> Tensor:
         c, pb = self.problem.config, self.problem
@@ -58,21 +67,28 @@ class Simulator:
         self.k += 1
         alpha = step_size(c.lr, self.k, c.lr_schedule)
         x, y = self._minibatch()
+        r = c.regular
         if pb.is_rsa:
-            current = self.workers[: self.active]
-            _, grad = pb.model.loss_grad(current, x, y)
-            updated = rsa_worker_step(current, self.x0, grad, lam=c.lam, p=pb.p, alpha=alpha, m=c.workers)
-            sent = updated if c.master_order == "gauss-seidel" else current
-            r = c.regular
-            messages = torch.cat([sent[:r], self._byzantine_messages(sent[:r], sent[r:])])
-            self.x0 = rsa_master_step(self.x0, messages, lam=c.lam, p=pb.p, alpha=alpha, mu=c.mu)
-            self.workers[: self.active] = updated
+            current = self.workers[: self.active]  # stepped in place below
+            grad = pb.model.grad(current, x, y)
+            penalty = subgradient(current - self.x0, pb.p)  # each worker's pull towards x0
+            step = dict(lam=c.lam, p=pb.p, alpha=alpha)
+            if c.master_order == "jacobi":
+                # The master reads x_i^k, so the Byzantine messages are made before the workers
+                # step; its pull towards the regular x_i^k is minus theirs (see rsa_master_step).
+                lies = self._byzantine_messages(current[:r], current[r:])
+                x0 = rsa_master_step(self.x0, lies, mu=c.mu, pull=-penalty[:r].sum(dim=0), **step)
+                rsa_worker_step(current, self.x0, grad, m=c.workers, penalty=penalty, out=current, **step)
+            else:
+                rsa_worker_step(current, self.x0, grad, m=c.workers, penalty=penalty, out=current, **step)
+                messages = torch.cat([current[:r], self._byzantine_messages(current[:r], current[r:])])
+                x0 = rsa_master_step(self.x0, messages, mu=c.mu, **step)
+            self.x0 = x0
         else:
-            shared = self.x0.expand(self.active, -1)
-            _, grad = pb.model.loss_grad(shared, x, y)
-            grad = grad + c.mu * shared
-            r = c.regular
-            messages = torch.cat([grad[:r], self._byzantine_messages(grad[:r], grad[r:])])
+            # Each message is grad F(x; batch) + grad f0(x) = ... + mu x, at the shared model.
+            grad = pb.model.grad(self.x0.expand(self.active, -1), x, y).add_(self.x0, alpha=c.mu)
+            lies = self._byzantine_messages(grad[:r], grad[r:])
+            messages = torch.cat([grad[:r], lies]) if lies.shape[0] else grad[:r]
             self.x0 = aggregation_step(self.x0, messages, pb.aggregate, alpha=alpha)
 
     def metrics(self) -> dict[str, float]:
