@@ -239,10 +239,18 @@ class Link:
     """
 
     def __init__(
-        self, peer: int, group: Any, capacity: int, peer_capacity: int, device: torch.device, pad: bool = False
+        self,
+        peer: int,
+        group: Any,
+        capacity: int,
+        peer_capacity: int,
+        device: torch.device,
+        pad: bool = False,
+        settle: float = 60.0,
     ) -> None:
         self.peer = peer
         self.group = group
+        self.settle = settle
         self.capacity = capacity
         self.peer_capacity = peer_capacity
         self.device = device
@@ -280,26 +288,29 @@ class Link:
             frame = torch.cat([frame, frame.new_zeros(self.pad - frame.numel())])
         if frame.numel() > self.peer_capacity:  # gloo would abort the receiver: never send it
             raise ValueError(f"frame of {frame.numel()} bytes exceeds the peer's buffer ({self.peer_capacity})")
+        self._settle()
         frame = frame.to(self.device)
         try:
             work = dist.isend(frame, dst=self.peer, group=self.group)
         except RuntimeError as exc:
             self._close(exc)
-        self.sends.append((work, frame))
-        self._reap()
+        self.sends.append((work, frame))  # the frame must outlive the send
 
-    def _reap(self) -> None:
-        """Forget completed sends (keeping the in-flight frames alive); note a failed one."""
-        keep = []
-        for work, frame in self.sends:
-            if work.is_completed():
-                try:
-                    work.wait()
-                except RuntimeError as exc:
-                    self.closed = self.closed or _reason(exc)
-            else:
-                keep.append((work, frame))
-        self.sends = keep
+    def _settle(self) -> None:
+        """Wait for the earlier sends on this link.
+
+        gloo marks a send complete only once it is waited for. In this
+        protocol a peer answers every frame before the next one goes to it, so
+        the earlier sends are done by now and the wait returns at once; a peer
+        that has not read them within ``settle`` seconds is lost.
+        """
+        sends, self.sends = self.sends, []
+        deadline = time.monotonic() + self.settle
+        for work, _ in sends:
+            try:
+                work.wait(timedelta(seconds=max(deadline - time.monotonic(), 0.001)))
+            except RuntimeError as exc:
+                self._close(exc)
 
     def flush(self, deadline: float) -> None:
         """Wait for the frames sent so far (the worker's last STATS before it exits)."""
@@ -567,7 +578,7 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
     d = worker.d
     group = pair_groups(c)[spec.worker]
     link = Link(0, group, _capacity_to_worker(c, d, spec.worker), _capacity_to_master(c, d), comm_device,
-                c.backend == "nccl")
+                c.backend == "nccl", settle=master_silence(c))
     silence = master_silence(c)
     faults = spec.faults
 
@@ -704,7 +715,7 @@ class Master:
         groups = pair_groups(c)
         for w in range(c.workers):
             self.links[w] = Link(w + 1, groups[w], _capacity_to_master(c, self.d), _capacity_to_worker(c, self.d, w),
-                                 self.comm_device, c.backend == "nccl")
+                                 self.comm_device, c.backend == "nccl", settle=c.timeout)
         self.live = set(range(c.workers))
         self.dead: list[dict[str, Any]] = []
         self.malformed: dict[str, dict[str, Any]] = {}
@@ -796,9 +807,7 @@ class Master:
             elif frame.numel != self.d or frame.rows != 1:
                 self._drop(w, f"{frame.numel} entries, expected {self.d}")
             else:
-                out[w] = vector = frame.tensor().to(self.problem.device)
-                if not bool(torch.isfinite(vector).all()):  # kept: the rules are built to take it (convention 6)
-                    self.non_finite[str(w)] = self.non_finite.get(str(w), 0) + 1
+                out[w] = frame.tensor().to(self.problem.device)
         return out
 
     # start-up ----------------------------------------------------------------------------------
@@ -878,6 +887,11 @@ class Master:
         order = [w for w in range(c.workers) if w in messages]
         start, cpu = time.perf_counter(), time.thread_time()
         stacked = torch.stack([messages[w] for w in order]) if order else torch.empty(0, self.d, dtype=pb.dtype)
+        finite = torch.isfinite(stacked).all(dim=1)
+        if not bool(finite.all()):  # kept: the rules are built to take it (PROTOCOL.md, convention 6); counted
+            for w, ok in zip(order, finite.tolist()):
+                if not ok:
+                    self.non_finite[str(w)] = self.non_finite.get(str(w), 0) + 1
         if pb.is_rsa:
             self.x0 = rsa_master_step(self.x0, stacked, lam=c.lam, p=pb.p, alpha=alpha, mu=c.mu)
         elif order:
