@@ -36,9 +36,11 @@ actually arrived (live, well-formed) are forwarded.
 
 Transport and faults
 --------------------
-Messages are point-to-point ``isend`` / ``irecv`` on the default process group
-(gloo on CPU, or NCCL), never collectives: a collective hangs when one rank
-dies, a point-to-point wait can time out. Every message is a *frame*: a 64-byte
+Messages are point-to-point ``isend`` / ``irecv`` (gloo on CPU, or NCCL), never
+collectives: a collective hangs when one rank dies, a point-to-point wait can
+time out. Each master-worker pair has a process group of its own, because gloo
+closes every connection of a group when one wait in it times out; this way a
+hung worker costs only its own link. Every message is a *frame*: a 64-byte
 header (magic, kind, iteration, dtype, number of entries, rows) followed by the
 payload bytes, received into a buffer of fixed capacity. The master
 
@@ -104,7 +106,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from byzrsa.attacks import get_attack
-from byzrsa.engines.common import BATCH_BLOCK, BatchSampler, Problem, build_problem, derive_generator, local_variance
+from byzrsa.engines.common import BATCH_BLOCK, BatchSampler, Problem, derive_generator
 from byzrsa.errors import ByzrsaError, ConfigError
 from byzrsa.experiments.config import RunConfig, attack_params, config_from_dict
 from byzrsa.methods import aggregation_step, rsa_master_step, rsa_worker_step, step_size
@@ -116,6 +118,8 @@ __all__ = [
     "run_local",
     "attached",
     "worker_main",
+    "spec_from_problem",
+    "process_device",
     "config_identity",
     "master_silence",
     "measure_floor",
@@ -336,10 +340,6 @@ def _reason(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------- sizes
-
-
-def _dim(config: RunConfig, num_features: int, num_classes: int) -> int:
-    return build_model(config.model, num_features, num_classes, hidden=config.hidden).dim
 
 
 def _blob_bound(config: RunConfig, d: int) -> int:
@@ -585,7 +585,7 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
     def receive(timeout: float = silence) -> Frame:
         return link.receive(time.monotonic() + timeout)
 
-    identity = config_identity(c)
+    identity = {**config_identity(c), "model_dim": d}
     if faults.get(0) == "config":  # testing hook: a worker started with another seed
         identity["seed"] += 1
     hello = {"identity": identity, "fingerprint": _fingerprint(spec.x, spec.y), "worker": spec.worker,
@@ -814,7 +814,7 @@ class Master:
     def handshake(self, worker_fingerprints: dict[int, str] | None = None) -> None:
         """Check every worker's config; refuse mismatches; send START (with restored state) or EXIT."""
         c = self.config
-        mine = config_identity(c)
+        mine = {**config_identity(c), "model_dim": self.d}
         deadline = time.monotonic() + max(STARTUP_TIMEOUT, c.timeout)
         frames = self._gather(list(range(c.workers)), Kind.HELLO, deadline=deadline, iteration=0)
         refused = []
@@ -835,10 +835,11 @@ class Master:
             expected = (worker_fingerprints or {}).get(w)
             if expected is not None and hello.get("fingerprint") != expected:
                 refused.append((w, "its training shard differs from the master's (different dataset files or version?)"))
+        refused += [(w, "no valid greeting") for w in sorted(self.live) if w not in frames]
         if refused:
             for w, why in refused:
                 self._send(w, encode_blob(Kind.REFUSE, 0, why.encode()))
-            for w in self.live:
+            for w in sorted(self.live):
                 if w not in dict(refused):
                     self._send(w, encode(Kind.EXIT, 0))
             for link in self.links.values():
