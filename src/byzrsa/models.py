@@ -86,9 +86,11 @@ class SoftmaxRegression:
         target = y.unsqueeze(1)
         z_true = z.gather(1, target) if with_loss else None
         # exp of a very negative z is a denormal, and denormals make the gradient's matrix
-        # product ~8x slower on x86 (measured); a probability below C * tiny is noise far under
-        # rounding, so it is raised to that floor. The loss is unaffected (the sum is >= 1).
-        z.clamp_min_(math.log(torch.finfo(z.dtype).tiny * self.num_classes) + 1.0)
+        # product ~8x slower on x86 (measured: 1.3 ms vs 0.16 ms); a probability below
+        # e * tiny * C * b is noise far under rounding, so it is raised to that floor, which
+        # keeps the residual (divided by the sum <= C and by b) normal. The loss is unaffected
+        # (the sum is >= 1, and its log is taken before the floor could matter).
+        z.clamp_min_(math.log(torch.finfo(z.dtype).tiny * self.num_classes * b) + 1.0)
         e = z.exp_()
         total = e.sum(dim=1, keepdim=True)
         loss = (total.log() - z_true).squeeze(1).mean(dim=1) if z_true is not None else None

@@ -58,7 +58,7 @@ class Simulator:
         if c.byzantine == 0 or c.method == "ideal-sgd":
             return regular[:0]
         if not pb.needs_own:  # placeholders of the right shape; the attack does not read them
-            own = regular.new_zeros(c.byzantine, regular.shape[1])
+            own = regular.new_zeros(()).expand(c.byzantine, regular.shape[1])  # (no memory written)
         return pb.attack(regular, own, self.attack_generators, **pb.attack_kwargs)
 
     def step(self) -> None:
