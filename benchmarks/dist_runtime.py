@@ -60,17 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist-sample")
     parser.add_argument("--methods", default="ideal-sgd,rsa,median,krum,geomed")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process, master included (more processes than cores: keep 1)")
     parser.add_argument("--out", default="benchmarks/results/dist_runtime")
     args = parser.parse_args(argv)
 
     base = RunConfig(
         dataset=args.dataset, pixels="raw", workers=args.workers, byzantine=args.byzantine, attack="same-value",
         attack_c=100.0, iterations=args.iterations, eval_every=args.iterations, engine="dist", dtype=args.dtype,
-        timeout=120.0,
+        timeout=120.0, threads=args.threads,
     )
     cores = os.cpu_count() or 1
     print(f"{args.workers} workers + 1 master, {args.iterations} iterations, {args.dataset}, q={args.byzantine} "
           f"same-value; {cores} CPU cores; torch {torch.__version__}", flush=True)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     floor = measure_floor(build_problem(base), args.iterations)
     print(f"floor (broadcast + gather, no compute): {floor * 1e3:.2f} ms/iteration", flush=True)
