@@ -171,3 +171,15 @@ def test_tune_grid_picks_the_best(tmp_path, capsys):
     table = json.loads((out / "tune.json").read_text())
     assert [row["lr"] for row in table["rows"]] == [1e-7, 1e-4]
     assert table["config"]["pixels"] == "raw" and table["config"]["method"] == "median"
+
+
+def test_one_invocation_per_results_folder(tmp_path):
+    import fcntl
+
+    from byzrsa.experiments.paper import execute
+
+    with open(tmp_path / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="another byzrsa"):
+            execute({}, tmp_path, jobs=1, quiet=True)
+    assert execute({}, tmp_path, jobs=1, quiet=True) == ({}, {})

@@ -18,6 +18,7 @@ results already exist, and then draws the figures and writes ``report.md``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -25,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -618,7 +619,41 @@ def execute(
     out = Path(out)
     root = out / "runs"
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # left by an interrupted invocation
+    with _exclusive(out):
+        return _execute(runs, out, root, jobs=jobs, quiet=quiet, extra=extra)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` so that two invocations never share (and clean up) one results folder."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    with open(out / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(
+                f"another byzrsa reproduce/tune is running in {out}; wait for it or use another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _execute(
+    runs: Mapping[str, RunConfig],
+    out: Path,
+    root: Path,
+    *,
+    jobs: int | None,
+    quiet: bool,
+    extra: Mapping[str, tuple[Callable[..., Any], tuple[Any, ...]]] | None,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    for stale in root.glob(".tmp-*"):  # left by an interrupted invocation (the lock rules out a live one)
         shutil.rmtree(stale, ignore_errors=True)
     pending = sorted((k for k in runs if not is_done(out, k)), key=lambda k: -_cost(runs[k]))
     extra = dict(extra or {})
