@@ -275,3 +275,10 @@ def test_resume_refuses_another_run(tmp_path):
         run(config(method="rsa", engine="dist", iterations=20, checkpoint_every=10, lam=0.5), out, resume=out)
     with pytest.raises(ByzrsaError, match="--engine dist"):
         run(config(method="rsa", iterations=20), out, resume=out)
+
+
+def test_nccl_needs_cuda():
+    from byzrsa.experiments.config import validate
+
+    with pytest.raises(ByzrsaError, match="nccl"):
+        validate(config(engine="dist", backend="nccl", device="cpu"))

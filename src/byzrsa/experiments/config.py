@@ -199,6 +199,8 @@ def validate(config: RunConfig) -> None:
     one_of("backend", c.backend, ("gloo", "nccl"))
     if not (c.device == "cpu" or c.device.startswith("cuda")):
         raise ConfigError(f"unknown device {c.device!r}: use cpu or cuda (cuda:N)")
+    if c.engine == "dist" and c.backend == "nccl" and not c.device.startswith("cuda"):
+        raise ConfigError("backend nccl moves GPU tensors only: add --device cuda, or use --backend gloo on CPU")
     parse_norm(c.norm)
     if c.workers < 1:
         raise ConfigError(f"workers must be >= 1, got {c.workers}")
