@@ -464,26 +464,45 @@ class Plan:
     lines: dict[str, dict[str, str]]
     runs: dict[str, RunConfig]
     base: dict[str, Any] = field(default_factory=dict)
+    #: figure -> RSA label -> key of the same run with the other master order (``--compare-master-order``)
+    other_order: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
-            {"figures": self.figures, "base": self.base, "lines": self.lines, "runs": {k: json.loads(c.to_json()) for k, c in self.runs.items()}},
+            {"figures": self.figures, "base": self.base, "lines": self.lines, "other_order": self.other_order, "runs": {k: json.loads(c.to_json()) for k, c in self.runs.items()}},
             indent=2,
         )
 
 
-def plan(figures: Iterable[str], base: Mapping[str, Any]) -> Plan:
-    """The runs behind ``figures`` (figure names, not aliases) with ``base`` settings on top of the presets."""
+#: Panels whose RSA lines ``--compare-master-order`` also runs with the other master order.
+ORDER_FIGURES = ("fig3", "fig4a", "fig4b", "fig5a", "fig5b", "fig10a", "fig10b")
+
+
+def other_order(order: str) -> str:
+    return "gauss-seidel" if order == "jacobi" else "jacobi"
+
+
+def plan(figures: Iterable[str], base: Mapping[str, Any], *, compare_order: bool = False) -> Plan:
+    """The runs behind ``figures`` (figure names, not aliases) with ``base`` settings on top of the presets.
+
+    With ``compare_order``, the RSA lines of the :data:`ORDER_FIGURES` among
+    them are also planned with the other master order.
+    """
     names = [f for f in figures if f in FIGURES]
     lines: dict[str, dict[str, str]] = {}
     runs: dict[str, RunConfig] = {}
+    others: dict[str, dict[str, str]] = {}
     for name in names:
         lines[name] = {}
         for label, config in figure_configs(FIGURES[name], base).items():
             key = run_key(config)
             lines[name][label] = key
             runs.setdefault(key, config)
-    return Plan(names, lines, runs, dict(base))
+            if compare_order and name in ORDER_FIGURES and config.method == "rsa":
+                flipped = config.replace(master_order=other_order(config.master_order))
+                others.setdefault(name, {})[label] = run_key(flipped)
+                runs.setdefault(run_key(flipped), flipped)
+    return Plan(names, lines, runs, dict(base), others)
 
 
 def base_settings(
@@ -770,6 +789,7 @@ def reproduce(
     iterations: int | None = None,
     eval_every: int | None = None,
     overrides: Iterable[str] = (),
+    compare_order: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run, draw and report the chosen figures (and the theory checks); return a summary dict."""
@@ -778,7 +798,7 @@ def reproduce(
     out = Path(out)
     names = resolve_figures(figures)
     base = base_settings(dataset, data_dir, quick, iterations, eval_every, overrides)
-    the_plan = plan(names, base)
+    the_plan = plan(names, base, compare_order=compare_order)
     # Fail on bad settings (unknown dataset, impossible q) before anything runs.
     from byzrsa.experiments.config import validate
 
@@ -818,6 +838,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         result = reproduce(
             args.figures or ["all"], dataset=args.dataset, out=out, data_dir=args.data_dir, jobs=args.jobs,
             quick=args.quick, iterations=args.iterations, eval_every=args.eval_every, overrides=args.set,
+            compare_order=args.compare_master_order,
             quiet=args.quiet,
         )
     except KeyboardInterrupt:
@@ -851,6 +872,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--eval-every", type=int, default=None, help="override the evaluation interval")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run setting in every run (e.g. master_order=gauss-seidel, seed=1); repeatable")
+    parser.add_argument("--compare-master-order", action="store_true",
+                        help="also run the RSA lines of figures 3, 4, 5, 10 with the other master order and compare")
     parser.add_argument("--list", action="store_true", help="print the presets and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.set_defaults(handler=_cmd_reproduce)

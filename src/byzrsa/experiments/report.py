@@ -454,6 +454,10 @@ def write_report(
         part.append("")
         sections.append("\n".join(part))
 
+    order_section = _order_section(out, plan)
+    if order_section:
+        sections.insert(0, order_section)
+
     theory_section = ""
     if theory is not None:
         from byzrsa.experiments.theory import report_section
@@ -476,7 +480,8 @@ def write_report(
         "",
         f"RSA's master reads the workers' iterates in the **{MASTER_ORDER}** order "
         + ("(x_i^k, equation (8) of the paper)" if MASTER_ORDER == "jacobi" else "(x_i^{k+1}, the authors' code)")
-        + "; docs/reproduce.md records the comparison of both orders that chose it.",
+        + ("; the section *Master order* below compares both orders." if plan.other_order else
+           "; run with `--compare-master-order` to compare both orders."),
         "",
         f"*Final accuracy* is the mean test accuracy over the evaluations in the last {FINAL_WINDOW:.0%} of the "
         "iterations; *train time* excludes evaluations.",
@@ -499,6 +504,41 @@ def write_report(
     path.write_text(text)
     (out / "verdicts.json").write_text(json.dumps(verdict_json, indent=2) + "\n")
     return path
+
+
+def _order_section(out: Path, plan: Plan) -> str:
+    """RSA's final accuracy with both master orders, for the panels that ran both."""
+    from byzrsa.experiments.paper import other_order
+
+    if not plan.other_order:
+        return ""
+    other = other_order(MASTER_ORDER)
+    lines = [
+        "## Master order",
+        "",
+        f"RSA's final accuracy with the presets' order (**{MASTER_ORDER}**) and with **{other}**; the baselines do not "
+        "depend on it. Ideal SGD is the reference each order should approach.",
+        "",
+        f"| figure | line | {MASTER_ORDER} | {other} | {other} - {MASTER_ORDER} | Ideal SGD |",
+        "|---|---|---|---|---|---|",
+    ]
+    diffs = []
+    for name, labels in plan.other_order.items():
+        for label, key in labels.items():
+            mine = _read_run(out / "runs" / plan.lines[name][label])
+            theirs = _read_run(out / "runs" / key)
+            ideal_key = plan.lines[name].get("Ideal SGD")
+            ideal = _read_run(out / "runs" / ideal_key) if ideal_key else None
+            if mine is None or theirs is None:
+                continue
+            a, b = final_values(mine[0])["accuracy"], final_values(theirs[0])["accuracy"]
+            diffs.append(b - a)
+            ref = f"{final_values(ideal[0])['accuracy']:.3f}" if ideal else ""
+            lines.append(f"| {name} | {label} | {a:.3f} | {b:.3f} | {b - a:+.3f} | {ref} |")
+    if diffs:
+        lines += ["", f"Mean difference {sum(diffs) / len(diffs):+.4f}, largest {max(diffs, key=abs):+.4f} "
+                  f"over {len(diffs)} panels."]
+    return "\n".join(lines) + "\n"
 
 
 def _timing_text(out: Path, plan: Plan, timing: Mapping[str, float] | None) -> str:
