@@ -155,9 +155,10 @@ def test_baselines_match_simulator(tmp_path, method, attack):
 
 
 def test_torchrun_one_node_matches_simulator(tmp_path):
+    """Also: a worker that hangs at the end is dropped, and does not keep torchrun waiting."""
     if shutil.which("torchrun") is None:
         pytest.skip("torchrun is not installed")
-    c = config(method="rsa", attack="copy", workers=3, checkpoint_every=ITERATIONS)
+    c = config(method="rsa", attack="copy", workers=3, checkpoint_every=ITERATIONS, timeout=3)
     write_toml(c, tmp_path / "run.toml")
     import socket
 
@@ -167,8 +168,11 @@ def test_torchrun_one_node_matches_simulator(tmp_path):
     cmd = ["torchrun", "--nnodes", "1", "--nproc-per-node", "4", "--rdzv-backend", "c10d",
            "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "byzrsa.dist", "--config", str(tmp_path / "run.toml"),
            "--out", str(tmp_path / "out"), "--quiet"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", engine.FAULTS_ENV: "1:stop:hang"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(d["worker"], d["iteration"]) for d in summary["dead_workers"]] == [(1, ITERATIONS)]
     rows, x0 = sim_run(c)
     assert_rows_equal(rows, read_metrics(tmp_path / "out"))
     torch.testing.assert_close(final_x0(tmp_path / "out"), x0, rtol=0, atol=1e-10)

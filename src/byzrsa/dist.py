@@ -38,6 +38,45 @@ def _single_node() -> bool:
     return world is not None and world == local
 
 
+DONE_KEY = "byzrsa/done"
+
+
+def _launcher_store() -> Any:
+    """A client of the launcher's key-value store (torchrun's, at MASTER_ADDR:MASTER_PORT)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                         timeout=timedelta(seconds=30))
+
+
+def _announce_done() -> None:
+    """Master: tell every worker the run is over (a hung worker would otherwise keep torchrun waiting)."""
+    try:
+        _launcher_store().set(DONE_KEY, "1")
+    except Exception:  # no store to tell: the launcher ends the workers itself
+        pass
+
+
+def _watch_done() -> None:
+    """Worker: leave once the master has announced the end, or the launcher's store is gone."""
+    import threading
+    import time
+
+    def watch() -> None:
+        try:
+            store = _launcher_store()
+            while not store.check([DONE_KEY]):
+                time.sleep(1.0)
+            time.sleep(2.0)  # a worker that is still working normally gets to leave by itself
+        except Exception:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="byzrsa-done-watch").start()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from byzrsa.cli import add_config_flags
 
@@ -115,6 +154,7 @@ def _run(config: Any, args: argparse.Namespace, rank: int, world: int) -> int:
             with engine.attached(device):
                 summary = run(config, args.out, quiet=args.quiet, resume=args.resume)
         finally:
+            _announce_done()
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
         keys = ("method", "attack", "byzantine", "iterations", "final_accuracy", "best_accuracy", "wall_seconds",
@@ -124,9 +164,11 @@ def _run(config: Any, args: argparse.Namespace, rank: int, world: int) -> int:
     if config.threads is None:
         torch.set_num_threads(1)  # one process per worker: threads would only compete
     problem = build_problem(config)
-    spec = engine.spec_from_problem(problem, rank - 1)
+    faults, _ = engine.parse_faults(os.environ.get(engine.FAULTS_ENV))  # testing hook
+    spec = engine.spec_from_problem(problem, rank - 1, faults.get(rank - 1))
     del problem  # keep only this worker's shard
     _init(config, rank, world)
+    _watch_done()
     code = engine.worker_main(spec, rank, device)
     sys.stdout.flush()
     sys.stderr.flush()

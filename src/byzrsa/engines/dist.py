@@ -131,7 +131,8 @@ log = logging.getLogger("byzrsa.dist")
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Testing hook: "WORKER:ITERATION:KIND,..." makes worker WORKER misbehave at ITERATION
-# (KIND: exit, hang, size, dtype, nan, slow; "WORKER:0:config" greets with another seed);
+# (KIND: exit, hang, size, dtype, nan, slow; "WORKER:0:config" greets with another seed;
+# "WORKER:stop:hang" hangs at the end instead of leaving);
 # "master:ITERATION:exit" kills the master at that iteration.
 FAULTS_ENV = "BYZRSA_DIST_FAULTS"
 # Attacks known not to read the regular workers' messages: they answer without a forward.
@@ -650,6 +651,9 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
             elif kind == Kind.SNAPSHOT:
                 link.send(encode_blob(Kind.STATE, k, worker.state_blob()))
             elif kind == Kind.STOP:
+                if faults.get(-1) == "hang":  # testing hook: hang instead of leaving
+                    while True:
+                        time.sleep(3600)
                 stats = torch.tensor([worker.steps, worker.compute_seconds, worker.compute_cpu], dtype=torch.float64)
                 link.send(encode(Kind.STATS, k, stats))
                 link.flush(time.monotonic() + 10.0)
@@ -681,10 +685,11 @@ def parse_faults(text: str | None) -> tuple[dict[int, dict[int, str]], int | Non
     master = None
     for item in filter(None, (text or "").split(",")):
         who, it, kind = item.strip().split(":")
+        iteration = -1 if it == "stop" else int(it)
         if who == "master":
-            master = int(it)
+            master = iteration
         else:
-            workers.setdefault(int(who), {})[int(it)] = kind
+            workers.setdefault(int(who), {})[iteration] = kind
     return workers, master
 
 
