@@ -804,6 +804,11 @@ def reproduce(
 
     for config in the_plan.runs.values():
         validate(config)
+    # Load each dataset once here, so a missing dataset is one clear error before any process starts.
+    pending = [c for k, c in the_plan.runs.items() if not is_done(out, k)]
+    for config in {(c.dataset, c.pixels, c.data_dir): c for c in pending}.values():
+        _dataset_for(config)
+    _DATASETS.clear()
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(the_plan.to_json() + "\n")
     started = time.perf_counter()
