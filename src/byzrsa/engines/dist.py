@@ -624,6 +624,7 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
                 if worker.role == "regular":
                     if worker.sends_first:
                         link.send(encode(Kind.MSG, k, _faulty(worker.x, fault)))
+                        start, cpu = time.perf_counter(), time.thread_time()  # the send is communication
                         worker.advance(k, x0)
                         message = None
                     else:
