@@ -21,7 +21,8 @@ an iteration; that is the column used for the communication estimate and the
 
     python benchmarks/dist_runtime.py --iterations 200 --out benchmarks/results/dist_runtime
 
-Never part of the test run.
+Each method runs ``--repeats`` times, round robin with the floor, and the
+median is reported. Never part of the test run.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist-sample")
     parser.add_argument("--methods", default="ideal-sgd,rsa,median,krum,geomed")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per method, interleaved; the median is reported (robust to bursts of other load)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process, master included (more processes than cores: keep 1)")
     parser.add_argument("--out", default="benchmarks/results/dist_runtime")
@@ -75,18 +79,31 @@ def main(argv: list[str] | None = None) -> int:
           f"same-value; {cores} CPU cores; torch {torch.__version__}", flush=True)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    floor = measure_floor(build_problem(base), args.iterations)
-    print(f"floor (broadcast + gather, no compute): {floor * 1e3:.2f} ms/iteration", flush=True)
+    methods = args.methods.split(",")
+    floors: list[float] = []
+    timings: dict[str, list[dict]] = {m: [] for m in methods}
+    accuracy: dict[str, float] = {}
+    for repeat in range(args.repeats):  # round robin: a burst of other load hits every method alike
+        floors.append(measure_floor(build_problem(base), args.iterations))
+        print(f"[{repeat + 1}/{args.repeats}] floor (broadcast + gather, no compute): {floors[-1] * 1e3:.2f} ms",
+              flush=True)
+        for method in methods:
+            summary = run(base.replace(method=method, **METHODS.get(method, {})))
+            timings[method].append(summary["dist"]["timing"])
+            accuracy[method] = summary["final_accuracy"]
+            print(f"[{repeat + 1}/{args.repeats}] {method}: {timings[method][-1]['seconds_per_iteration'] * 1e3:.2f} ms",
+                  flush=True)
+    floor = statistics.median(floors)
 
     results = []
-    for method in args.methods.split(","):
+    for method in methods:
         config = base.replace(method=method, **METHODS.get(method, {}))
-        summary = run(config)
-        timing = summary["dist"]["timing"]
+        runs = timings[method]
+        timing = {key: statistics.median(t[key] for t in runs) if runs[0][key] is not None else None for key in runs[0]}
         total = timing["seconds_per_iteration"]
         # CPU time, not wall clock: with more processes than cores the wall clock counts the waits for a core.
         compute = timing["worker_compute_cpu_per_iteration_mean"] or 0.0
-        active = timing["computing_workers"]
+        active = int(timing["computing_workers"])
         serial = compute * active / min(cores, active)  # what the workers' compute adds to an iteration here
         master = timing["master_step_cpu_per_iteration"] or 0.0
         results.append({
@@ -100,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             "communication": max(total - serial - master, 0.0),
             "worker_compute_wall": timing["worker_compute_per_iteration_mean"],
             "master_aggregation_wall": timing["master_step_per_iteration"],
-            "final_accuracy": summary["final_accuracy"],
+            "final_accuracy": accuracy[method],
+            "runs_seconds_per_iteration": [t["seconds_per_iteration"] for t in runs],
         })
-        print(f"  {method}: {total * 1e3:.2f} ms/iteration", flush=True)
     ideal = next((r["seconds_per_iteration"] for r in results if r["method"] == "ideal-sgd"), None)
     for r in results:
         r["ratio_to_ideal_sgd"] = r["seconds_per_iteration"] / ideal if ideal else None
@@ -112,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers, "byzantine": args.byzantine, "iterations": args.iterations,
         "dataset": args.dataset, "dtype": args.dtype, "cores": cores, "torch": torch.__version__,
         "python": platform.python_version(), "machine": platform.machine(),
-        "floor_seconds_per_iteration": floor, "methods": results,
+        "floor_seconds_per_iteration": floor, "floor_runs": floors, "repeats": args.repeats, "methods": results,
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "benchmark_seconds": time.perf_counter() - start,
     }
@@ -130,7 +147,8 @@ def markdown(report: dict) -> str:
     ms = lambda s: f"{s * 1e3:.2f}" if s is not None else "-"  # noqa: E731
     lines = [
         f"1 master + {report['workers']} workers, {report['dataset']}, q={report['byzantine']} same-value, "
-        f"{report['iterations']} iterations, {report['dtype']}, {report['cores']} CPU cores. "
+        f"{report['iterations']} iterations, {report['dtype']}, {report['cores']} CPU cores, "
+        f"median of {report['repeats']} interleaved runs. "
         f"Floor (broadcast + gather, no compute): {ms(report['floor_seconds_per_iteration'])} ms/iteration.",
         "",
         "| method | ms / iteration | worker compute (per worker, CPU) | computing workers "
