@@ -100,18 +100,30 @@ def simulate(problem: Problem) -> Iterator[dict[str, float]]:
     """Run ``problem`` and yield a metrics row at k = 0, every ``eval_every`` iterations, and at the end.
 
     ``time`` is the training time so far, evaluations excluded.
+
+    Threads: with ``threads`` unset, a CPU run uses one torch thread (restored
+    afterwards). The simulator's tensors are small (the paper's step touches a
+    few MB), and on 2 cores 2 threads were never faster and, with other
+    processes on the cores, up to 40x slower per step (``benchmarks/run.py``,
+    docs/performance.md). Set ``threads`` to override.
     """
     c = problem.config
-    sim = Simulator(problem)
-    train_seconds = 0.0
-    yield {"iteration": 0, **sim.metrics(), "time": 0.0}
-    while sim.k < c.iterations:
-        stop = min(sim.k + c.eval_every, c.iterations)
-        start = time.perf_counter()
-        with torch.no_grad():
-            while sim.k < stop:
-                sim.step()
-        if problem.device.type == "cuda":
-            torch.cuda.synchronize(problem.device)
-        train_seconds += time.perf_counter() - start
-        yield {"iteration": sim.k, **sim.metrics(), "time": train_seconds}
+    previous = torch.get_num_threads()
+    if c.threads is None and problem.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        sim = Simulator(problem)
+        train_seconds = 0.0
+        yield {"iteration": 0, **sim.metrics(), "time": 0.0}
+        while sim.k < c.iterations:
+            stop = min(sim.k + c.eval_every, c.iterations)
+            start = time.perf_counter()
+            with torch.no_grad():
+                while sim.k < stop:
+                    sim.step()
+            if problem.device.type == "cuda":
+                torch.cuda.synchronize(problem.device)
+            train_seconds += time.perf_counter() - start
+            yield {"iteration": sim.k, **sim.metrics(), "time": train_seconds}
+    finally:
+        torch.set_num_threads(previous)
