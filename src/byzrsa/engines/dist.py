@@ -894,7 +894,8 @@ class Master:
         order = [w for w in range(c.workers) if w in messages]
         start, cpu = time.perf_counter(), time.thread_time()
         stacked = torch.stack([messages[w] for w in order]) if order else torch.empty(0, self.d, dtype=pb.dtype)
-        finite = torch.isfinite(stacked).all(dim=1)
+        # amax propagates NaN and inf, and is far cheaper than isfinite(...).all(dim=1) over (m, d)
+        finite = torch.isfinite(stacked.abs().amax(dim=1)) if order else stacked.new_ones(0, dtype=torch.bool)
         if not bool(finite.all()):  # kept: the rules are built to take it (PROTOCOL.md, convention 6); counted
             for w, ok in zip(order, finite.tolist()):
                 if not ok:
