@@ -448,7 +448,10 @@ def test_krum_uses_exactly_m_minus_f_minus_2_neighbours() -> None:
     rows = x.tolist()
 
     def winner(neighbours: int) -> int:
-        scores = [sum(sorted((a[0] - b[0]) ** 2 for j, b in enumerate(rows) if j != i)[:neighbours]) for i, a in enumerate(rows)]
+        scores = []
+        for i, a in enumerate(rows):
+            dists = sorted((a[0] - b[0]) ** 2 for j, b in enumerate(rows) if j != i)
+            scores.append(sum(dists[:neighbours]))
         best = min(scores)
         assert scores.count(best) == 1
         return scores.index(best)
@@ -562,3 +565,25 @@ def test_geomed_float32_reaches_tolerance() -> None:
     assert n_iter < 200 and z.dtype == torch.float32
     rows = x.double().numpy()
     assert objective(rows, z.double().numpy()) <= ref_geomed_min(rows, 500) * (1 + 1e-6)
+
+
+def test_krum_float32_same_value_attack_keeps_regular_distances() -> None:
+    # attackers at 100 per coordinate, regular rows 1e-2 apart: centring on a regular row
+    # keeps the regular rows' scores accurate in float32
+    g = torch.Generator().manual_seed(6)
+    x = (0.3 + 1e-2 * torch.randn(20, 785, dtype=torch.float64, generator=g)).float()
+    x[-8:] = 100.0
+    rows = x.double().tolist()
+    ref = torch.tensor(ref_krum_scores(rows, 8), dtype=torch.float64)
+    torch.testing.assert_close(krum_scores(x, 8).double()[:12], ref[:12], rtol=1e-4, atol=0)
+    assert torch.equal(krum(x, 8), x[ref_krum_order(rows, 8)[0]])
+
+
+def test_geomed_does_not_stop_next_to_a_non_optimal_row() -> None:
+    # the coordinate-wise median (0, 0) lies 1e-7 from the row (0, 1e-7), whose weight then
+    # swamps the others: steps are tiny, yet the minimum is the Fermat point far away
+    x = torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.0, 1e-7]], dtype=torch.float64)
+    rows = x.numpy()
+    z = geometric_median(x).numpy()
+    assert objective(rows, z) <= ref_geomed_min(rows) * (1 + 1e-9)
+    assert np.linalg.norm(z - rows[2]) > 0.1
