@@ -748,6 +748,10 @@ def _execute(
                             bar.set_postfix_str(f"{finished_runs}/{len(runs)} runs")
                             bar.refresh()
                 except KeyboardInterrupt:
+                    # Stop the workers now (a Ctrl-C from a terminal reaches them too, a signal sent to
+                    # this process alone does not); their unfinished runs leave only temporary folders.
+                    for process in list(getattr(pool, "_processes", {}).values()):
+                        process.terminate()
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
     finally:
