@@ -105,8 +105,9 @@ def rsa_master_step(
     """
     total = subgradient(x0 - messages, p).sum(dim=0) if messages.shape[0] else torch.zeros_like(x0)
     if pull is not None:
-        total = total + pull
-    return x0 - alpha * (mu * x0 + lam * total)
+        total.add_(pull)
+    # x0 - alpha (mu x0 + lam total), as two passes instead of five.
+    return torch.mul(x0, 1.0 - alpha * mu).add_(total, alpha=-alpha * lam)
 
 
 def aggregation_step(x: Tensor, messages: Tensor, aggregate: Callable[[Tensor], Tensor], *, alpha: float) -> Tensor:
