@@ -597,7 +597,7 @@ def execute_one(key: str, config_json: str, out: str) -> dict[str, Any]:
 
 
 def _cost(config: RunConfig) -> float:
-    """Rough relative cost, used to start the slowest runs first."""
+    """Rough relative cost, used to order the runs."""
     weight = {"geomed": 6.0, "krum": 2.0, "median": 1.5}.get(config.method, 1.0)
     return weight * config.iterations
 
@@ -629,7 +629,7 @@ def execute(
     """Run every config of ``runs`` (key -> config) whose results are not in ``out`` yet.
 
     Runs go to ``jobs`` worker processes (default: the number of CPU cores),
-    each with one torch thread, slowest first. ``extra`` names further jobs
+    each with one torch thread, cheapest first. ``extra`` names further jobs
     (a picklable function and its arguments, e.g. the theory checks) that share
     the processes. Returns (key -> error message of failed runs or jobs,
     name -> result of each extra job). One progress bar counts the iterations
@@ -674,7 +674,8 @@ def _execute(
 ) -> tuple[dict[str, str], dict[str, Any]]:
     for stale in root.glob(".tmp-*"):  # left by an interrupted invocation (the lock rules out a live one)
         shutil.rmtree(stale, ignore_errors=True)
-    pending = sorted((k for k in runs if not is_done(out, k)), key=lambda k: -_cost(runs[k]))
+    # Cheapest first: an interrupted reproduction then has as many finished lines as possible.
+    pending = sorted((k for k in runs if not is_done(out, k)), key=lambda k: _cost(runs[k]))
     extra = dict(extra or {})
     failures: dict[str, str] = {}
     results: dict[str, Any] = {}
@@ -714,7 +715,7 @@ def _execute(
             elif not quiet:
                 print(message, file=sys.stderr)
 
-    # (name, function, arguments); the extra jobs first, then the slowest runs.
+    # (name, function, arguments); the extra jobs first, then the runs.
     tasks: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [(n, f, a) for n, (f, a) in extra.items()]
     tasks += [(key, execute_one, (key, runs[key].to_json(), str(out))) for key in pending]
     try:
