@@ -1119,6 +1119,11 @@ def _local_worker_process(spec_blob: bytes, rank: int, world: int, store_path: s
         code = worker_main(spec, rank, device)
     except KeyboardInterrupt:
         code = 130
+    except BaseException:  # a bug: say where, since os._exit below skips Python's own report
+        import traceback
+
+        print(f"byzrsa worker process (rank {rank}) failed:", file=sys.stderr)
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
