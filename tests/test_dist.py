@@ -154,6 +154,19 @@ def test_baselines_match_simulator(tmp_path, method, attack):
     dist_matches_sim(tmp_path, config(method=method, attack=attack, workers=5))
 
 
+def test_cli_engine_dist_matches_simulator(tmp_path):
+    from byzrsa.cli import main
+
+    c = config(method="rsa", norm="l2", attack="negative-sum", checkpoint_every=ITERATIONS)
+    out = tmp_path / "cli"
+    assert main(["run", "--config", str(write_toml(c, tmp_path / "run.toml")), "--engine", "dist", "--quiet",
+                 "--out", str(out)]) == 0
+    rows, x0 = sim_run(c)
+    assert_rows_equal(rows, read_metrics(out))
+    torch.testing.assert_close(final_x0(out), x0, rtol=0, atol=1e-10)
+    assert json.loads((out / "config.json").read_text())["engine"] == "dist"
+
+
 def test_torchrun_one_node_matches_simulator(tmp_path):
     """Also: a worker that hangs at the end is dropped, and does not keep torchrun waiting."""
     if shutil.which("torchrun") is None:
