@@ -120,15 +120,17 @@ def scaling_section(scaling: dict[str, Any], threads: dict[str, Any] | None) -> 
     return "\n".join(out)
 
 
-def verdicts(steps: dict[str, Any], aggs: list[dict[str, Any]], device: str) -> list[str]:
-    st = steps["steps"]
-    rsa, ideal = st["rsa-l1"], st["ideal-sgd"]
-    lines = [
-        f"- RSA l1 per iteration: {fmt_time(rsa['wall'])} wall, {fmt_time(rsa['cpu'])} cpu "
-        f"(goal <= 0.5 ms: {'met' if min(rsa['wall'], rsa['cpu']) <= GOAL_STEP else 'not met'})",
-        f"- RSA l1 / Ideal SGD (cpu): {rsa['cpu'] / ideal['cpu']:.2f} (goal <= 1.15: "
-        f"{'met' if rsa['cpu'] / ideal['cpu'] <= 1.15 else 'not met'})",
-    ]
+def verdicts(steps: dict[str, Any] | None, aggs: list[dict[str, Any]], device: str) -> list[str]:
+    lines: list[str] = []
+    st = steps["steps"] if steps else {}
+    if st:
+        rsa, ideal = st["rsa-l1"], st["ideal-sgd"]
+        lines += [
+            f"- RSA l1 per iteration: {fmt_time(rsa['wall'])} wall, {fmt_time(rsa['cpu'])} cpu "
+            f"(goal <= 0.5 ms: {'met' if min(rsa['wall'], rsa['cpu']) <= GOAL_STEP else 'not met'})",
+            f"- RSA l1 / Ideal SGD (cpu): {rsa['cpu'] / ideal['cpu']:.2f} (goal <= 1.15: "
+            f"{'met' if rsa['cpu'] / ideal['cpu'] <= 1.15 else 'not met'})",
+        ]
     if "authors-loop rsa-l1" in st:
         sp = st["authors-loop rsa-l1"]["cpu"] / rsa["cpu"]
         lines.append(f"- authors' per-worker loop / RSA l1 (cpu): {sp:.2f}x (goal >= 4x: {'met' if sp >= 4 else 'not met'})")
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the tables (default 1; see the threads table)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--sections", default="aggregators,sim", help="comma list: aggregators, sim (sim includes scaling and threads)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -172,21 +175,25 @@ def main(argv: list[str] | None = None) -> int:
         md.append(bench_gpu.markdown(gpu))
         print(bench_gpu.markdown(gpu))
     else:
-        shapes = SHAPES[:2] if args.quick else SHAPES
-        aggs = []
-        for m, d in shapes:
-            print(f"aggregation rules at ({m}, {d}) ...", flush=True)
-            aggs.append(bench_aggregators.bench_shape(m, d, peers=args.peers, quick=args.quick))
-        report["aggregators"] = aggs
-        print("simulator steps ...", flush=True)
-        steps = bench_sim.bench_steps(args.quick)
-        report["sim"] = steps
-        print("scaling ...", flush=True)
-        scaling = bench_sim.bench_scaling(args.quick)
-        threads = bench_sim.bench_threads(args.quick)
-        torch.set_num_threads(args.threads)
-        report["scaling"], report["threads"] = scaling, threads
-        sections = [aggregator_section(aggs, "cpu"), sim_section(steps, "cpu"), scaling_section(scaling, threads)]
+        wanted = set(args.sections.split(","))
+        sections, aggs, steps = [], [], None
+        if "aggregators" in wanted:
+            shapes = SHAPES[:2] if args.quick else SHAPES
+            for m, d in shapes:
+                print(f"aggregation rules at ({m}, {d}) ...", flush=True)
+                aggs.append(bench_aggregators.bench_shape(m, d, peers=args.peers, quick=args.quick))
+            report["aggregators"] = aggs
+            sections.append(aggregator_section(aggs, "cpu"))
+        if "sim" in wanted:
+            print("simulator steps ...", flush=True)
+            steps = bench_sim.bench_steps(args.quick)
+            report["sim"] = steps
+            print("scaling and threads ...", flush=True)
+            scaling = bench_sim.bench_scaling(args.quick)
+            threads = bench_sim.bench_threads(args.quick)
+            torch.set_num_threads(args.threads)
+            report["scaling"], report["threads"] = scaling, threads
+            sections += [sim_section(steps, "cpu"), scaling_section(scaling, threads)]
         lines = verdicts(steps, aggs, "cpu")
         sections.append("## Goals\n\n" + "\n".join(lines))
         md.extend(sections)

@@ -14,7 +14,10 @@ non-finite entry; ``geometric_median`` drops such rows. When every row is
 non-finite, Krum and the geometric median return the (non-finite) mean.
 
 Speed choices, measured on CPU in float32 (a shared 2-core machine, so best of
-several interleaved runs, one thread): for the even-``m`` median, selecting the
+several interleaved runs, one thread). Since then the CPU median and trimmed
+mean select with NumPy's introselect, 1.3-1.9x faster again (see :func:`_middle`
+and ``benchmarks/run.py``); on other devices they keep the ``topk`` selections
+measured here. For the even-``m`` median, selecting the
 ``m // 2 + 1`` smallest entries per coordinate with ``topk`` and then the top two
 of those beats a full sort along dim 0 and two ``kthvalue`` calls ((100, 100_000):
 ~580 ms vs ~1010 ms and ~1110 ms; (20, 7850): ~4.8 ms vs ~8.5 ms and ~15 ms;
@@ -33,6 +36,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -104,6 +108,22 @@ def _nan_as_inf(x: Tensor) -> Tensor:
     return x
 
 
+def _middle(x: Tensor, lo: int, hi: int) -> Tensor:
+    """Order statistics ``lo .. hi - 1`` (0-based, ascending) of every column, as ``(hi - lo, d)`` rows in no order.
+
+    A selection, never a sort. On CPU (float32/float64) NumPy's introselect
+    (``np.partition`` with ``kth = [lo, hi - 1]``: everything between those two
+    positions is then between them in value) measured 1.3-1.9x faster than two
+    ``topk`` selections, and faster than ``torch.median`` ((100, 100_000): ~0.22 s
+    vs ~0.37 s for the median, ~0.29 s vs ~0.54 s for the trimmed mean; (20, 7850):
+    3.7 ms vs 4.9 ms). Elsewhere: the ``hi`` smallest, then the ``hi - lo`` largest of those.
+    """
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad:
+        return torch.from_numpy(np.partition(x.numpy(), sorted({lo, hi - 1}), axis=0)[lo:hi])
+    low = torch.topk(x, hi, dim=0, largest=False, sorted=False).values
+    return torch.topk(low, hi - lo, dim=0, largest=True, sorted=False).values
+
+
 def _half_sum(a: Tensor, b: Tensor) -> Tensor:
     # (a + b)/2 is the correctly rounded midpoint (and exactly a when a == b, even for
     # subnormals, where a/2 + b/2 is not); fall back to a/2 + b/2 where a + b overflows.
@@ -153,17 +173,16 @@ def median(x: Tensor) -> Tensor:
     non-finite that coordinate of the output is finite and within the range of
     the finite ones.
 
-    Implementation: ``topk`` selects the ``m // 2 + 1`` smallest entries of each
-    coordinate (unsorted), then the largest one (odd ``m``) or the two largest
-    ones (even ``m``) of those; measured faster than a sort along dim 0.
+    Implementation: a selection of the one or two middle order statistics per
+    coordinate (:func:`_middle`: NumPy's introselect on CPU, two ``topk`` calls
+    elsewhere); measured faster than a sort along dim 0.
     """
     m = _check_matrix(x)
     x = _nan_as_inf(x)
-    low = torch.topk(x, m // 2 + 1, dim=0, largest=False, sorted=False).values
     if m % 2 == 1:
-        return low.amax(dim=0)
-    top2 = torch.topk(low, 2, dim=0, largest=True, sorted=False).values
-    return _half_sum(top2[0], top2[1])
+        return _middle(x, m // 2, m // 2 + 1)[0]
+    mid = _middle(x, m // 2 - 1, m // 2 + 1)
+    return _half_sum(mid[0], mid[1])
 
 
 def trimmed_mean(x: Tensor, f: int) -> Tensor:
@@ -190,19 +209,16 @@ def trimmed_mean(x: Tensor, f: int) -> Tensor:
     ``f`` that are ``-inf``, they are all trimmed and the output is finite. With
     ``f = 0`` the rule is the mean and non-finite entries propagate.
 
-    Implementation: two selections (``topk`` of the ``m - f`` smallest, then of
-    the ``m - 2f`` largest of those), no sort and no subtraction of trimmed sums,
-    so an infinite trimmed entry cannot produce ``inf - inf``.
+    Implementation: a selection of the middle ``m - 2f`` order statistics
+    (:func:`_middle`), no sort and no subtraction of trimmed sums, so an
+    infinite trimmed entry cannot produce ``inf - inf``.
     """
     m = _check_matrix(x)
     f = _check_f(f)
     _check_trimmed(m, f)
     if f == 0:
         return x.mean(dim=0)
-    x = _nan_as_inf(x)
-    low = torch.topk(x, m - f, dim=0, largest=False, sorted=False).values
-    kept = torch.topk(low, m - 2 * f, dim=0, largest=True, sorted=False).values
-    return kept.mean(dim=0)
+    return _middle(_nan_as_inf(x), f, m - f).mean(dim=0)
 
 
 # ----------------------------------------------------------------------------- Krum
