@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the tables (default 1; see the threads table)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    ap.add_argument("--sections", default="aggregators,sim", help="comma list: aggregators, sim (sim includes scaling and threads)")
+    ap.add_argument("--sections", default="aggregators,sim", help="comma list of: aggregators, sim (= steps, scaling, threads), steps, scaling, threads")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -185,15 +185,19 @@ def main(argv: list[str] | None = None) -> int:
             report["aggregators"] = aggs
             sections.append(aggregator_section(aggs, "cpu"))
         if "sim" in wanted:
+            wanted |= {"steps", "scaling", "threads"}
+        if "steps" in wanted:
             print("simulator steps ...", flush=True)
             steps = bench_sim.bench_steps(args.quick)
             report["sim"] = steps
+            sections.append(sim_section(steps, "cpu"))
+        if "scaling" in wanted or "threads" in wanted:
             print("scaling and threads ...", flush=True)
-            scaling = bench_sim.bench_scaling(args.quick)
-            threads = bench_sim.bench_threads(args.quick)
+            scaling = bench_sim.bench_scaling(args.quick) if "scaling" in wanted else {}
+            threads = bench_sim.bench_threads(args.quick) if "threads" in wanted else None
             torch.set_num_threads(args.threads)
             report["scaling"], report["threads"] = scaling, threads
-            sections += [sim_section(steps, "cpu"), scaling_section(scaling, threads)]
+            sections.append(scaling_section(scaling, threads))
         lines = verdicts(steps, aggs, "cpu")
         sections.append("## Goals\n\n" + "\n".join(lines))
         md.extend(sections)
