@@ -65,7 +65,11 @@ class AuthorsLoop:
         self.k = 0
 
     def _batch(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        start = self.rng.integers(0, len(self.ys[i]) - self.batch + 1)
+        n = len(self.ys[i])
+        if n < self.batch:  # a shard smaller than a batch (m = 1000 on 4000 samples): wrap around
+            rows = (self.rng.integers(0, n) + np.arange(self.batch)) % n
+            return self.xs[i][rows], self.ys[i][rows]
+        start = self.rng.integers(0, n - self.batch + 1)
         return self.xs[i][start : start + self.batch], self.ys[i][start : start + self.batch]
 
     def rsa_step(self) -> None:
