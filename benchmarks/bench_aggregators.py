@@ -122,7 +122,7 @@ def bench_shape(m: int, d: int, *, peers: bool, device: str = "cpu", quick: bool
     notes: dict[str, str] = {}
     skipped: dict[str, str] = {}
     if peers and device == "cpu":
-        loaded = load_peers(m, f, geomed_iters=iters, geomed_tol=GEOMED_TOL * ref["scale"])
+        loaded = load_peers(m, f, geomed_iters=iters, geomed_tol=GEOMED_TOL * ref["scale"], big=m * d >= 10**8)
         skipped = loaded["skipped"]
         for peer, entry in loaded["peers"].items():
             notes[peer] = entry["note"]
