@@ -119,6 +119,8 @@ class Line:
     settings: Mapping[str, Any]
     #: the step size the authors used, when ``settings["lr"]`` is our tuned value instead
     paper_lr: float | None = None
+    #: where a tuned value comes from (the ``byzrsa tune`` command and its numbers)
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,17 @@ HETERO_8 = {"split": "by-label", "byzantine": 8, "attack": "copy", "attack_copy_
 # heterogeneous split where the authors used 5e-5. Where PROTOCOL.md names no value (SGD under
 # sign-flip, SGD at q=8) the closest listed setting's value, 1e-4, is used.
 ROBUST = ("GeoMed", "Krum", "Median")
+
+# Step sizes where our tuning beat the authors' (byzrsa tune on mnist-sample, 1000 iterations, final accuracy =
+# mean over the last 10%). Under sign-flip with q = 8 GeoMed and Median peak early and then decline; a smaller
+# step slows the decline. Other settings checked kept the authors' value: fig 10a Median (1e-6: 0.482 against
+# 1e-5: 0.394, 1e-4: 0.374) and fig 10b Median (every value fails: 0.11-0.14).
+TUNED_FIG5B = {
+    "GeoMed": "`byzrsa tune --figure fig5b --method geomed --grid 1e-5,3e-5,1e-4,3e-4 --iterations 1000` on "
+    "mnist-sample: 1e-5 gives 0.788, 3e-5 0.798, the authors' 1e-4 0.764, 3e-4 0.718.",
+    "Median": "`byzrsa tune --figure fig5b --method median --grid 1e-5,3e-5,1e-4,3e-4 --iterations 1000` on "
+    "mnist-sample: 1e-5 gives 0.776, 3e-5 0.777, the authors' 1e-4 0.739, 3e-4 0.699.",
+}
 
 FIGURES: dict[str, Figure] = {
     "fig3": Figure(
@@ -249,9 +262,9 @@ FIGURES: dict[str, Figure] = {
         lines=(
             Line("Ideal SGD", _base("ideal-sgd", 1e-4)),
             Line("SGD", _base("sgd", 1e-4)),
-            Line("GeoMed", _base("geomed", 1e-4)),
+            Line("GeoMed", _base("geomed", 3e-5), paper_lr=1e-4, note=TUNED_FIG5B["GeoMed"]),
             Line("Krum", _base("krum", 1e-4)),
-            Line("Median", _base("median", 1e-4)),
+            Line("Median", _base("median", 3e-5), paper_lr=1e-4, note=TUNED_FIG5B["Median"]),
             Line("RSA", _rsa(0.01, 0.0003)),
         ),
         statement="as 5a: SGD fails; GeoMed, Median, RSA similar, Median slightly worse",

@@ -585,6 +585,9 @@ def write_report(
             if bench:
                 measured["time"] = bench
                 context["bench"] = bench
+        tuned = [line for line in figure.lines if line.paper_lr is not None]
+        for line in tuned:
+            part += ["", f"*{line.label}* uses a tuned step size (authors: {line.paper_lr:g}). {line.note}"]
         if figure.kind == "norms":
             part.append("")
             part.append("Final variance of the regular workers' local iterates: " + ", ".join(

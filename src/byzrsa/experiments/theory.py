@@ -417,9 +417,11 @@ def _plot(result: Mapping[str, Any], out: Path) -> list[Path]:
     axes[0].set_title(f"lambda = {t2['lam']:.3g} (1.5 lambda0), same-value attack", fontsize=9)
     axes[0].set_yscale("log")
     lam0 = t1["lambda0"]
-    axes[1].loglog([f * lam0 for f in t2["lambda_factor"]], t2["error_lambda"], "o-", color="tab:red")
-    axes[1].axvline(lam0, color="0.5", linestyle=":", label="lambda0")
-    axes[1].set_xlabel("lambda")
+    axes[1].loglog(t2["lambda_factor"], t2["error_lambda"], "o-", color="tab:red")
+    axes[1].axvline(1.0, color="0.5", linestyle=":", label=f"lambda0 = {lam0:.3g}")
+    axes[1].set_xticks(t2["lambda_factor"], [f"{f:g}" for f in t2["lambda_factor"]])
+    axes[1].minorticks_off()
+    axes[1].set_xlabel("lambda / lambda0")
     axes[1].set_title(f"q = {t2['q_for_lambda']}, same-value attack", fontsize=9)
     axes[1].legend(fontsize=8)
     for ax in axes:
