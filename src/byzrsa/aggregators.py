@@ -74,13 +74,18 @@ def _check_matrix(x: Any) -> int:
     return int(x.shape[0])
 
 
-def _check_f(f: Any) -> int:
-    if isinstance(f, bool):
-        raise ConfigError(f"the number of Byzantine rows f must be an integer, got {f!r}")
+def _as_int(value: Any, what: str) -> int:
+    """``value`` as an int (bools and floats refused), else a ConfigError naming ``what``."""
     try:
-        f = operator.index(f)
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
     except TypeError:
-        raise ConfigError(f"the number of Byzantine rows f must be an integer, got {f!r}") from None
+        raise ConfigError(f"{what} must be an integer, got {value!r}") from None
+
+
+def _check_f(f: Any) -> int:
+    f = _as_int(f, "the number of Byzantine rows f")
     if f < 0:
         raise ConfigError(f"the number of Byzantine rows f must be >= 0, got f = {f}")
     return f
@@ -359,12 +364,7 @@ def multi_krum(x: Tensor, f: int, k: int | None = None) -> Tensor:
     _check_krum("multi-krum" if k != 1 else "krum", m, f)
     if k is None:
         k = m - f
-    if isinstance(k, bool):
-        raise ConfigError(f"multi-krum k must be an integer, got {k!r}")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise ConfigError(f"multi-krum k must be an integer, got {k!r}") from None
+    k = _as_int(k, "multi-krum k")
     if not 1 <= k <= m:
         raise ConfigError(f"multi-krum needs 1 <= k <= m: got k = {k}, m = {m}")
     scores, bad = _krum_scores(x, f)
@@ -397,12 +397,7 @@ def _check_tol(tol: Any, max_iter: Any) -> tuple[float, int]:
         raise ConfigError(f"geomed tol must be a number >= 0, got {tol!r}") from None
     if not (tol >= 0 and math.isfinite(tol)):
         raise ConfigError(f"geomed tol must be a finite number >= 0, got {tol}")
-    if isinstance(max_iter, bool):
-        raise ConfigError(f"geomed max_iter must be an integer >= 0, got {max_iter!r}")
-    try:
-        max_iter = operator.index(max_iter)
-    except TypeError:
-        raise ConfigError(f"geomed max_iter must be an integer >= 0, got {max_iter!r}") from None
+    max_iter = _as_int(max_iter, "geomed max_iter")
     if max_iter < 0:
         raise ConfigError(f"geomed max_iter must be an integer >= 0, got {max_iter}")
     return tol, max_iter

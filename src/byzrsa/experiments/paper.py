@@ -172,6 +172,14 @@ TUNED_FIG5B = {
     "mnist-sample: 1e-5 gives 0.776, 3e-5 0.777, the authors' 1e-4 0.739, 3e-4 0.699.",
 }
 
+# Figures 8 and 9 make the same statements about the three norms.
+NORM_CLAIMS = (
+    Claim("l1 and l2 within 0.02", "close", ("RSA l1",), ("RSA l2",), 0.02),
+    Claim("linf below l1 and l2", "below", ("RSA linf",), ("RSA l1", "RSA l2")),
+    Claim("variance largest for linf", "largest", ("RSA linf",), metric="variance"),
+    Claim("variance of l2 below l1", "below", ("RSA l2",), ("RSA l1",), metric="variance"),
+)
+
 FIGURES: dict[str, Figure] = {
     "fig3": Figure(
         name="fig3",
@@ -321,12 +329,7 @@ FIGURES: dict[str, Figure] = {
             Line("RSA linf", _rsa(51.0, 0.0001, "linf")),
         ),
         statement="accuracy l1 ~ l2 > linf; variance of local iterates largest for linf, l2 < l1",
-        claims=(
-            Claim("l1 and l2 within 0.02", "close", ("RSA l1",), ("RSA l2",), 0.02),
-            Claim("linf below l1 and l2", "below", ("RSA linf",), ("RSA l1", "RSA l2")),
-            Claim("variance largest for linf", "largest", ("RSA linf",), metric="variance"),
-            Claim("variance of l2 below l1", "below", ("RSA l2",), ("RSA l1",), metric="variance"),
-        ),
+        claims=NORM_CLAIMS,
         panels=("variance",),
     ),
     "fig9": Figure(
@@ -340,12 +343,7 @@ FIGURES: dict[str, Figure] = {
             Line("RSA linf", _rsa(20.0, 0.0001, "linf")),
         ),
         statement="as fig 8: accuracy l1 ~ l2 > linf; variance largest for linf, l2 < l1",
-        claims=(
-            Claim("l1 and l2 within 0.02", "close", ("RSA l1",), ("RSA l2",), 0.02),
-            Claim("linf below l1 and l2", "below", ("RSA linf",), ("RSA l1", "RSA l2")),
-            Claim("variance largest for linf", "largest", ("RSA linf",), metric="variance"),
-            Claim("variance of l2 below l1", "below", ("RSA l2",), ("RSA l1",), metric="variance"),
-        ),
+        claims=NORM_CLAIMS,
         panels=("variance",),
     ),
     "fig10a": Figure(
