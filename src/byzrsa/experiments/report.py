@@ -36,8 +36,9 @@ FINAL_WINDOW = 0.1
 STYLE: dict[str, dict[str, Any]] = {
     "Ideal SGD": {"color": "black", "linestyle": "--"},
     "SGD": {"color": "0.55", "linestyle": "-"},
-    "GeoMed": {"color": "tab:blue", "linestyle": "-"},
-    "Krum": {"color": "tab:orange", "linestyle": "-"},
+    # GeoMed and Krum often fail onto the same curve: dash them differently so both stay visible.
+    "GeoMed": {"color": "tab:blue", "linestyle": "-."},
+    "Krum": {"color": "tab:orange", "linestyle": (0, (1, 1.5)), "linewidth": 2.0},
     "Median": {"color": "tab:green", "linestyle": "-"},
     "RSA": {"color": "tab:red", "linestyle": "-", "linewidth": 2.2},
     "RSA l1": {"color": "tab:red", "linestyle": "-"},
