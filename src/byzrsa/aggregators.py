@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, config_int
 
 __all__ = [
     "mean",
@@ -74,21 +74,8 @@ def _check_matrix(x: Any) -> int:
     return int(x.shape[0])
 
 
-def _as_int(value: Any, what: str) -> int:
-    """``value`` as an int (bools and floats refused), else a ConfigError naming ``what``."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        return operator.index(value)
-    except TypeError:
-        raise ConfigError(f"{what} must be an integer, got {value!r}") from None
-
-
 def _check_f(f: Any) -> int:
-    f = _as_int(f, "the number of Byzantine rows f")
-    if f < 0:
-        raise ConfigError(f"the number of Byzantine rows f must be >= 0, got f = {f}")
-    return f
+    return config_int(f, "the number of Byzantine rows f", minimum=0)
 
 
 def _check_krum(name: str, m: int, f: int) -> None:
@@ -364,7 +351,7 @@ def multi_krum(x: Tensor, f: int, k: int | None = None) -> Tensor:
     _check_krum("multi-krum" if k != 1 else "krum", m, f)
     if k is None:
         k = m - f
-    k = _as_int(k, "multi-krum k")
+    k = config_int(k, "multi-krum k")
     if not 1 <= k <= m:
         raise ConfigError(f"multi-krum needs 1 <= k <= m: got k = {k}, m = {m}")
     scores, bad = _krum_scores(x, f)
@@ -397,10 +384,7 @@ def _check_tol(tol: Any, max_iter: Any) -> tuple[float, int]:
         raise ConfigError(f"geomed tol must be a number >= 0, got {tol!r}") from None
     if not (tol >= 0 and math.isfinite(tol)):
         raise ConfigError(f"geomed tol must be a finite number >= 0, got {tol}")
-    max_iter = _as_int(max_iter, "geomed max_iter")
-    if max_iter < 0:
-        raise ConfigError(f"geomed max_iter must be an integer >= 0, got {max_iter}")
-    return tol, max_iter
+    return tol, config_int(max_iter, "geomed max_iter", minimum=0)
 
 
 # A point closer to the iterate than this fraction of the data scale counts as coinciding

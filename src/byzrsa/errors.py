@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["ByzrsaError", "ConfigError", "DataError"]
+import operator
+from typing import Any
+
+__all__ = ["ByzrsaError", "ConfigError", "DataError", "config_int"]
 
 
 class ByzrsaError(Exception):
@@ -15,3 +18,16 @@ class ConfigError(ByzrsaError, ValueError):
 
 class DataError(ByzrsaError):
     """A dataset that is missing, corrupt, or cannot be downloaded."""
+
+
+def config_int(value: Any, what: str, minimum: int | None = None) -> int:
+    """``value`` as an int (bools and floats refused), at least ``minimum``; else a ConfigError naming ``what``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{what} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{what} must be >= {minimum}, got {number}")
+    return number

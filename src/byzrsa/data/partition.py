@@ -34,12 +34,11 @@ Schemes
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import numpy as np
 
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, config_int
 
 __all__ = ["SCHEMES", "partition"]
 
@@ -56,16 +55,6 @@ def _as_int_array(values: Any, what: str) -> np.ndarray:
         if arr.dtype.kind == "b" or not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise ConfigError(f"{what} must hold integers, got dtype {arr.dtype}")
     return arr.astype(np.int64)
-
-
-def _check_m(m: Any) -> int:
-    try:
-        m = operator.index(m)
-    except TypeError:
-        raise ConfigError(f"the number of workers m must be an integer, got {m!r}") from None
-    if m < 1:
-        raise ConfigError(f"the number of workers m must be at least 1, got {m}")
-    return m
 
 
 def _iid(n: int, m: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -177,7 +166,7 @@ def partition(
     """
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown partition scheme {scheme!r}; choose one of: {', '.join(SCHEMES)}")
-    m = _check_m(m)
+    m = config_int(m, "the number of workers m", minimum=1)
     y = _as_int_array(labels, "labels")
     n = len(y)
     if n < m:

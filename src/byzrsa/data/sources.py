@@ -41,7 +41,6 @@ import functools
 import hashlib
 import http.client
 import math
-import operator
 import os
 import tempfile
 import urllib.error
@@ -54,7 +53,7 @@ import numpy as np
 import torch
 
 from byzrsa.data.idx import read_idx
-from byzrsa.errors import ConfigError, DataError
+from byzrsa.errors import ConfigError, DataError, config_int
 
 __all__ = [
     "Dataset",
@@ -542,11 +541,11 @@ def make_synthetic(
     datasets that differ only in ``h`` share their randomness (class means and
     shifts do not depend on ``workers`` either).
     """
-    m = _positive_int(workers, "workers")
-    d = _positive_int(n_features, "n_features")
-    c_num = _positive_int(num_classes, "num_classes")
-    spw = _positive_int(samples_per_worker, "samples_per_worker")
-    nt = _positive_int(n_test, "n_test")
+    m = config_int(workers, "workers", minimum=1)
+    d = config_int(n_features, "n_features", minimum=1)
+    c_num = config_int(num_classes, "num_classes", minimum=1)
+    spw = config_int(samples_per_worker, "samples_per_worker", minimum=1)
+    nt = config_int(n_test, "n_test", minimum=1)
     h = _unit_interval(heterogeneity)
     s_means, s_shift, s_train, s_test = np.random.SeedSequence(seed).spawn(4)
     means = np.random.default_rng(s_means).standard_normal((c_num, d))
@@ -568,16 +567,6 @@ def make_synthetic(
     test_groups = rng_test.integers(0, m, size=nt)
     test_x, test_y = draw(test_groups, rng_test)
     return _to_dataset("synthetic", train_x, train_y, test_x, test_y, c_num, None, train_groups)
-
-
-def _positive_int(value: Any, what: str) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}") from None
-    if v < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {v}")
-    return v
 
 
 def _unit_interval(value: Any) -> float:
