@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from byzrsa.attacks import ATTACKS, check_attack, get_attack
+from byzrsa.attacks import ATTACKS, AttackContext, check_attack, get_attack
 from byzrsa.errors import ConfigError
 from byzrsa.methods import aggregation_step, rsa_master_step, rsa_worker_step, step_size
 from byzrsa.models import SoftmaxRegression, evaluate, mlp
@@ -16,8 +16,9 @@ REGULAR = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64)
 OWN = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
 
 
-def gens(n: int, seed: int = 0) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(seed + j) for j in range(n)]
+def gens(n: int, seed: int = 0) -> AttackContext:
+    """An attack context with one generator per Byzantine row."""
+    return AttackContext(generators=[torch.Generator().manual_seed(seed + j) for j in range(n)], workers=3, byzantine=n)
 
 
 def test_attacks_follow_their_definitions():
@@ -37,7 +38,7 @@ def test_gaussian_attack_draws_one_stream_per_byzantine_worker():
     assert sent.shape == (3, 1000) and sent.dtype == torch.float64
     assert 4.5 < float(sent.std()) < 5.5
     # Row j depends only on generator j: that is what lets a Byzantine process draw its own row.
-    alone = get_attack("gaussian")(regular[:, :], own[1:2], [torch.Generator().manual_seed(1)], std=5.0)
+    alone = get_attack("gaussian")(regular[:, :], own[1:2], AttackContext([torch.Generator().manual_seed(1)]), std=5.0)
     assert torch.equal(alone[0], sent[1])
 
 
@@ -46,7 +47,7 @@ def test_every_attack_keeps_shape_dtype_and_handles_no_byzantine(name):
     params = {"value": math.inf} if name == "non-finite" else {}
     out = get_attack(name)(REGULAR.float(), OWN.float(), gens(1), **params)
     assert out.shape == OWN.shape and out.dtype == torch.float32
-    empty = get_attack(name)(REGULAR, OWN[:0], [], **params)
+    empty = get_attack(name)(REGULAR, OWN[:0], AttackContext(), **params)
     assert empty.shape == (0, 3)
 
 
@@ -54,9 +55,9 @@ def test_attack_validation():
     with pytest.raises(ConfigError, match="unknown attack"):
         get_attack("teleport")
     with pytest.raises(ConfigError, match="copy"):
-        check_attack("copy", regular=3, byzantine=1, params={"copy_from": 3})
+        check_attack("copy", regular=3, byzantine=1, options={"copy_from": 3})
     with pytest.raises(ConfigError, match="non-finite"):
-        check_attack("non-finite", regular=3, byzantine=1, params={"value": 1.0})
+        check_attack("non-finite", regular=3, byzantine=1, options={"value": 1.0})
 
 
 def test_step_size():
@@ -115,7 +116,7 @@ def test_mlp_trains_through_torch_func():
     centers = torch.randn(3, 5) * 3
     labels = torch.randint(0, 3, (600,))
     data = centers[labels] + torch.randn(600, 5)
-    model = mlp(5, 3, hidden=16)
+    model = mlp((5,), 3, hidden=16)
     w = model.init(torch.Generator().manual_seed(0), torch.float32)
     before, _ = evaluate(model, w, data, labels)
     batches = data.view(4, 150, 5)  # four "workers", full-batch each

@@ -17,17 +17,17 @@ The regulariser f0 is *not* part of the model: the update rules add it.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
 from byzrsa.errors import ConfigError
+from byzrsa.registry import Entry, Option, Registry, at_least
 
-__all__ = ["Model", "SoftmaxRegression", "TorchModel", "mlp", "build_model", "evaluate", "MODELS"]
-
-MODELS = ("softmax", "mlp")
+__all__ = ["Model", "ModelEntry", "SoftmaxRegression", "TorchModel", "mlp", "build_model", "evaluate", "MODELS"]
 
 
 class Model(Protocol):
@@ -162,21 +162,41 @@ class TorchModel:
         return functional_call(self.module, self._unflatten(w), (x,))
 
 
-def mlp(num_features: int, num_classes: int, hidden: int = 64) -> TorchModel:
-    """A one-hidden-layer ReLU perceptron wrapped as a :class:`TorchModel`."""
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 64) -> TorchModel:
+    """A one-hidden-layer ReLU perceptron wrapped as a :class:`TorchModel` (inputs flattened)."""
     net = torch.nn.Sequential(
-        torch.nn.Linear(num_features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes)
+        torch.nn.Flatten(), torch.nn.Linear(math.prod(input_shape), hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, num_classes),
     )
     return TorchModel(net, num_classes)
 
 
-def build_model(name: str, num_features: int, num_classes: int, *, hidden: int = 64) -> Model:
-    """The model called ``name`` (``softmax`` or ``mlp``) for the given data shape."""
-    if name == "softmax":
-        return SoftmaxRegression(num_features, num_classes)
-    if name == "mlp":
-        return mlp(num_features, num_classes, hidden)
-    raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+def softmax_regression(input_shape: tuple[int, ...], num_classes: int) -> SoftmaxRegression:
+    return SoftmaxRegression(math.prod(input_shape), num_classes)
+
+
+@dataclass(frozen=True)
+class ModelEntry(Entry):
+    """A model: ``fn(input_shape, num_classes, **options) -> Model``; ``input_shape`` is one sample's shape."""
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+MODELS.register(ModelEntry(
+    "softmax", softmax_regression, "softmax regression", "multinomial logistic regression with a bias (the paper's)",
+))
+MODELS.register(ModelEntry(
+    "mlp", mlp, "MLP", "one hidden ReLU layer",
+    options=(Option("hidden", int, 64, "hidden units", at_least(1), aliases=("--hidden",)),),
+))
+
+
+def build_model(
+    name: str, input_shape: tuple[int, ...] | int, num_classes: int, options: dict[str, Any] | None = None
+) -> Model:
+    """The model registered as ``name`` for samples of ``input_shape``, with ``options`` over its defaults."""
+    entry = MODELS[name]
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    return entry.fn(shape, num_classes, **entry.resolve(options, "model"))
 
 
 @torch.no_grad()

@@ -1,0 +1,107 @@
+"""Coordinate-wise rules: mean, true median, trimmed mean."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from byzrsa.aggregators._common import (
+    _check_f,
+    _check_matrix,
+    _check_trimmed,
+    _half_sum,
+    _middle,
+    _nan_as_inf,
+    _rows_mean,
+)
+
+__all__ = ["mean", "median", "trimmed_mean"]
+
+
+
+def mean(x: Tensor) -> Tensor:
+    r"""Coordinate-wise mean :math:`\frac1m \sum_i x_i`: the non-robust baseline.
+
+    Parameters
+    ----------
+    x : Tensor, shape (m, d)
+
+    Returns
+    -------
+    Tensor, shape (d,)
+
+    Non-finite entries propagate (one NaN row gives a NaN output): showing that
+    is the point of this baseline.
+    """
+    _check_matrix(x)
+    return _rows_mean(x)
+
+
+def median(x: Tensor) -> Tensor:
+    r"""Coordinate-wise true median.
+
+    For odd ``m`` the middle order statistic :math:`x_{((m+1)/2)}`; for even ``m``
+    the mean of the two middle ones, :math:`(x_{(m/2)} + x_{(m/2+1)}) / 2`
+    (``torch.median`` returns the lower one, which is not used).
+
+    Parameters
+    ----------
+    x : Tensor, shape (m, d)
+
+    Returns
+    -------
+    Tensor, shape (d,)
+
+    Non-finite entries: ``+-inf`` are ordinary (extreme) values and a NaN entry
+    is read as ``+inf``, so while fewer than ``m / 2`` entries of a coordinate are
+    non-finite that coordinate of the output is finite and within the range of
+    the finite ones.
+
+    Implementation: a selection of the one or two middle order statistics per
+    coordinate (:func:`_middle`: NumPy's introselect on CPU, two ``topk`` calls
+    elsewhere); measured faster than a sort along dim 0.
+    """
+    m = _check_matrix(x)
+    x = _nan_as_inf(x)
+    if m % 2 == 1:
+        return _middle(x, m // 2, m // 2 + 1)[0]
+    mid = _middle(x, m // 2 - 1, m // 2 + 1)
+    return _half_sum(mid[0], mid[1])
+
+
+def trimmed_mean(x: Tensor, f: int) -> Tensor:
+    r"""Coordinate-wise trimmed mean: drop the ``f`` largest and ``f`` smallest entries.
+
+    .. math:: \mathrm{TM}_f(x)_j = \frac{1}{m - 2f} \sum_{r=f+1}^{m-f} x_{(r), j}
+
+    where :math:`x_{(r), j}` is the ``r``-th smallest entry of column ``j``.
+    Requires ``m > 2f`` (:class:`ConfigError` otherwise); ``f = 0`` is exactly
+    :func:`mean`.
+
+    Parameters
+    ----------
+    x : Tensor, shape (m, d)
+    f : int
+        Number of entries trimmed on each side.
+
+    Returns
+    -------
+    Tensor, shape (d,)
+
+    Non-finite entries (f > 0): a NaN entry is read as ``+inf``; so as long as
+    each coordinate has at most ``f`` entries that are ``+inf``/NaN and at most
+    ``f`` that are ``-inf``, they are all trimmed and the output is finite. With
+    ``f = 0`` the rule is the mean and non-finite entries propagate.
+
+    Implementation: a selection of the middle ``m - 2f`` order statistics
+    (:func:`_middle`), no sort and no subtraction of trimmed sums, so an
+    infinite trimmed entry cannot produce ``inf - inf``.
+    """
+    m = _check_matrix(x)
+    f = _check_f(f)
+    _check_trimmed(m, f)
+    if f == 0:
+        return x.mean(dim=0)
+    return _middle(_nan_as_inf(x), f, m - f).mean(dim=0)
+
+
+# ----------------------------------------------------------------------------- Krum
