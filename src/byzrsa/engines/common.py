@@ -123,9 +123,13 @@ class Problem:
         return [derive_generator(c.seed, "attack", j) for j in range(c.regular, c.workers)]
 
     def gather(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """Minibatch tensors ``(k, b, features)`` and ``(k, b)`` for index rows ``(k, b)``."""
+        """Minibatch tensors ``(k, b, *sample_shape)`` and ``(k, b)`` for index rows ``(k, b)``.
+
+        ``sample_shape`` is one featurised sample's shape (``train_x.shape[1:]``):
+        images stay ``(C, H, W)`` for the models that want them.
+        """
         flat = indices.reshape(-1).to(self.device)
-        x = self.train_x.index_select(0, flat).view(*indices.shape, -1)
+        x = self.train_x.index_select(0, flat).view(*indices.shape, *self.train_x.shape[1:])
         return x, self.train_y.index_select(0, flat).view(indices.shape)
 
     def metrics(self, w: Tensor, locals_: Tensor | None = None) -> dict[str, float]:
