@@ -23,7 +23,7 @@ import torch
 from byzrsa.data import load_dataset
 from byzrsa.engines.common import build_problem
 from byzrsa.engines.sim import Simulator
-from byzrsa.experiments.config import RunConfig
+from byzrsa.config import config_from_dict
 from byzrsa.methods import aggregation_step, rsa_master_step, rsa_worker_step
 from byzrsa.penalties import subgradient
 
@@ -40,7 +40,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "krum": dict(method="krum", lr=1e-3),
     "median": dict(method="median", lr=1e-5),
 }
-BASE = dict(dataset="mnist-sample", pixels="raw", split="iid", attack="same-value", attack_c=100.0, iterations=10**9)
+BASE = dict(dataset="mnist-sample", pixels="raw", split="iid", attack={"name": "same-value", "c": 100.0}, iterations=10**9)
 
 _DATA: dict[int, Any] = {}
 
@@ -52,7 +52,7 @@ def _dataset(workers: int):
 
 
 def make_sim(workers: int = 20, byzantine: int = 8, device: str = "cpu", warm: int = 20, **settings: Any) -> Simulator:
-    config = RunConfig(**{**BASE, "workers": workers, "byzantine": byzantine, "device": device, **settings})
+    config = config_from_dict({**BASE, "workers": workers, "byzantine": byzantine, "device": device, **settings})
     sim = Simulator(build_problem(config, _dataset(workers)))
     with torch.no_grad():
         for _ in range(warm):
@@ -70,7 +70,7 @@ def phases(sim: Simulator) -> dict[str, Callable[[], Any]]:
         current = sim.workers[: sim.active]
         scratch = torch.empty_like(current)
         grad = pb.model.grad(current, x, y)
-        lies = sim._byzantine_messages(current[:r], current[r:])
+        lies = sim._byzantine_messages(current[:r], current[r:], sim.x0)
         step = dict(lam=c.lam, p=pb.p, alpha=1e-3)
 
         def penalty_and_steps() -> None:
@@ -79,16 +79,16 @@ def phases(sim: Simulator) -> dict[str, Callable[[], Any]]:
             rsa_worker_step(current, sim.x0, grad, m=c.workers, penalty=penalty, out=scratch, **step)
 
         parts["gradient"] = lambda: pb.model.grad(current, x, y)
-        parts["attack"] = lambda: sim._byzantine_messages(current[:r], current[r:])
+        parts["attack"] = lambda: sim._byzantine_messages(current[:r], current[r:], sim.x0)
         parts["penalty+steps"] = penalty_and_steps
     else:
         shared = sim.x0.expand(sim.active, -1)
         grad = pb.model.grad(shared, x, y).add_(sim.x0, alpha=c.mu)
-        lies = sim._byzantine_messages(grad[:r], grad[r:])
+        lies = sim._byzantine_messages(grad[:r], grad[r:], sim.x0)
         messages = torch.cat([grad[:r], lies]) if lies.shape[0] else grad[:r]
         parts["gradient"] = lambda: pb.model.grad(shared, x, y).add_(sim.x0, alpha=c.mu)
-        parts["attack"] = lambda: sim._byzantine_messages(grad[:r], grad[r:])
-        parts["aggregation"] = lambda: aggregation_step(sim.x0, messages, pb.aggregate, alpha=1e-4)
+        parts["attack"] = lambda: sim._byzantine_messages(grad[:r], grad[r:], sim.x0)
+        parts["aggregation"] = lambda: aggregation_step(sim.x0, messages, lambda m: pb.aggregate(m, sim.aggregator), alpha=1e-4)
     return parts
 
 

@@ -40,7 +40,7 @@ import torch
 
 from byzrsa.engines.common import build_problem
 from byzrsa.engines.dist import measure_floor
-from byzrsa.experiments.config import RunConfig
+from byzrsa.config import config_from_dict
 from byzrsa.experiments.runner import describe, run
 
 # Step sizes do not change the time per iteration; these follow PROTOCOL.md (same-value, q=8).
@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/dist_runtime")
     args = parser.parse_args(argv)
 
-    base = RunConfig(
+    base = config_from_dict(dict(
         dataset=args.dataset, pixels="raw", workers=args.workers, byzantine=args.byzantine, attack="same-value",
-        attack_c=100.0, iterations=args.iterations, eval_every=args.iterations, engine="dist", dtype=args.dtype,
+        **{"attack.c": 100.0}, iterations=args.iterations, eval_every=args.iterations, engine="dist", dtype=args.dtype,
         timeout=120.0, threads=args.threads,
-    )
+    ))
     cores = os.cpu_count() or 1
     print(f"{args.workers} workers + 1 master, {args.iterations} iterations, {args.dataset}, q={args.byzantine} "
           f"same-value; {cores} CPU cores; torch {torch.__version__}", flush=True)

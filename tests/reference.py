@@ -105,16 +105,16 @@ def attack(problem: Problem, regular: list[np.ndarray], own: list[np.ndarray], g
         if c.attack == "none":
             out.append(own[j])
         elif c.attack == "same-value":
-            out.append(np.full_like(regular[0], c.attack_c))
+            out.append(np.full_like(regular[0], c.attack_options['c']))
         elif c.attack == "sign-flip":
-            out.append(c.attack_sigma * own[j])
+            out.append(c.attack_options['sigma'] * own[j])
         elif c.attack == "copy":
-            out.append(regular[c.attack_copy_from].copy())
+            out.append(regular[c.attack_options['copy_from']].copy())
         elif c.attack == "gaussian":
             noise = torch.randn(len(regular[0]), generator=gens[j], dtype=torch.float64).numpy()
-            out.append(c.attack_std * noise)
+            out.append(c.attack_options['std'] * noise)
         elif c.attack == "non-finite":
-            out.append(np.full_like(regular[0], c.attack_value))
+            out.append(np.full_like(regular[0], c.attack_options['value']))
         elif c.attack == "negative-sum":
             out.append(-sum(regular))
         else:
@@ -160,3 +160,29 @@ def reference_run(problem: Problem, iterations: int) -> tuple[np.ndarray, np.nda
             f = q if c.agg_f is None else c.agg_f
             x0 = x0 - alpha * aggregate(c.method, np.array(messages), f)
     return x0, (np.array(local[:r]) if c.method == "rsa" else None)
+
+
+# Test settings in the flat style of the first release, each routed to the component that has it
+# (a base config may name options of components a particular test does not use).
+OPTION_KEYS = {
+    "attack_c": ("attack", "c"), "attack_sigma": ("attack", "sigma"), "attack_copy_from": ("attack", "copy_from"),
+    "attack_std": ("attack", "std"), "attack_value": ("attack", "value"),
+    "geomed_tol": ("method", "tol"), "geomed_max_iter": ("method", "max_iter"), "multi_krum_k": ("method", "k"),
+    "hidden": ("model", "hidden"),
+}
+
+
+def make_config(**settings):
+    """A RunConfig from settings; option keys go to the chosen component when it has that option."""
+    from byzrsa.attacks import ATTACKS
+    from byzrsa.config import RunConfig
+    from byzrsa.methods import get_method
+    from byzrsa.models import MODELS
+
+    config = RunConfig().replace(**{k: v for k, v in settings.items() if k not in OPTION_KEYS})
+    owners = {"attack": ATTACKS[config.attack], "method": get_method(config.method), "model": MODELS[config.model]}
+    options = {}
+    for key, (kind, option) in OPTION_KEYS.items():
+        if key in settings and option in {o.name for o in owners[kind].options}:
+            options[f"{kind}.{option}"] = settings[key]
+    return config.replace(**options) if options else config

@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from byzrsa.cli import main
-from byzrsa.experiments.config import RunConfig, load_config
+from byzrsa.config import KEYS, load_config
 
 
 def byzrsa(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -58,17 +57,61 @@ def test_config_file_flags_and_set_overrides(tmp_path):
 
 
 def test_help_documents_every_flag():
+    from byzrsa.aggregators import RULES
+    from byzrsa.attacks import ATTACKS
+    from byzrsa.models import MODELS
+
     text = byzrsa("run", "--help").stdout
-    for f in fields(RunConfig):
-        assert "--" + f.name.replace("_", "-") in text
+    for key in KEYS:
+        assert "--" + key.replace("_", "-") in text
     for flag in ("--config", "--set", "--out", "--quiet"):
         assert flag in text
+    # every component option has a flag, derived from its registry entry
+    for rule in RULES.values():
+        for opt in rule.options:
+            assert f"--{rule.name}-{opt.name.replace('_', '-')}" in text
+    for attack in ATTACKS.values():
+        for opt in attack.options:
+            assert f"--attack-{opt.name.replace('_', '-')}" in text
+    for model in MODELS.values():
+        for opt in model.options:
+            assert f"--{model.name}-{opt.name.replace('_', '-')}" in text
+    for flag in ("--sigma", "--copy-from", "--hidden", "--geomed-tol", "--multi-krum-k"):  # first-release flags
+        assert flag in text
+
+
+def test_list_prints_every_component_with_options():
+    from byzrsa.attacks import ATTACKS
+    from byzrsa.methods import method_names
+    from byzrsa.preaggregators import PRE_AGGREGATORS
+
+    text = byzrsa("list").stdout
+    for name in (*method_names(), *ATTACKS.names(), *PRE_AGGREGATORS.names()):
+        assert f"  {name} " in text
+    assert "tol = 1e-07" in text and "sigma = -4.0" in text
+
+
+def test_component_options_from_flags_toml_and_set(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('method = "geomed"\nbyzantine = 2\niterations = 10\neval_every = 10\nworkers = 6\n'
+                    '[attack]\nname = "sign-flip"\nsigma = -2.5\n')
+    code = main(["run", "--config", str(toml), "--dataset", "digits", "--geomed-tol", "1e-5", "--set",
+                 "method.max_iter=50", "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["attack"] == {"name": "sign-flip", "sigma": -2.5}
+    assert saved["method"] == {"name": "geomed", "tol": 1e-5, "max_iter": 50}  # every option resolved
+    config = load_config(tmp_path / "r" / "config.json")
+    assert config.attack_options == {"sigma": -2.5} and config.method_options["max_iter"] == 50
 
 
 BAD_INPUTS = {
     "q >= m": (["--byzantine", "20"], "q < m"),
     "krum needs m >= 2q + 3": (["--method", "krum", "--workers", "10", "--byzantine", "4"], "2f + 3"),
-    "unknown method": (["--method", "bulyan"], "unknown method"),
+    "unknown method": (["--method", "teleport"], "unknown method"),
+    "option of another component": (["--method", "krum", "--geomed-tol", "1e-3"], "geomed"),
+    "unknown option of the attack": (["--attack", "sign-flip", "--set", "attack.c=3"], "no option 'c'"),
+    "bad option value": (["--method", "geomed", "--set", "method.tol=-1"], "tol"),
     "unknown attack": (["--attack", "teleport"], "unknown attack"),
     "negative lambda": (["--lam", "-0.1"], "lam"),
     "missing dataset": (["--dataset", "mnist", "--data-dir", "{empty}"], "{empty}"),

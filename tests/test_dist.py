@@ -22,11 +22,13 @@ import pytest
 import torch
 
 from byzrsa.engines import dist as engine
+from byzrsa.engines.dist import transport
 from byzrsa.engines.common import build_problem
 from byzrsa.engines.sim import simulate
 from byzrsa.errors import ByzrsaError
-from byzrsa.experiments.config import RunConfig
+from byzrsa.config import RunConfig
 from byzrsa.experiments.runner import read_metrics, run
+from reference import make_config
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -39,7 +41,7 @@ METRICS = ("accuracy", "test_loss", "train_loss", "variance")
 
 
 def config(**settings) -> RunConfig:
-    return RunConfig(**{**BASE, **settings})
+    return make_config(**{**BASE, **settings})
 
 
 def assert_rows_equal(expected: list[dict], got: list[dict]) -> None:
@@ -79,9 +81,7 @@ def dist_matches_sim(tmp_path: Path, c: RunConfig) -> dict:
 
 
 def write_toml(c: RunConfig, path: Path) -> Path:
-    items = c.to_dict().items()
-    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in items if v is not None and k != "engine"
-                            and not (isinstance(v, float) and not math.isfinite(v))))
+    path.write_text("".join(line + "\n" for line in c.to_toml().splitlines() if not line.startswith("engine =")))
     return path
 
 
@@ -110,24 +110,24 @@ def wait_gone(marker: str, seconds: float = 15.0) -> list[int]:
 
 def test_frames_roundtrip_and_reject_garbage():
     x = torch.arange(6, dtype=torch.float64)
-    frame = engine.encode(engine.Kind.MSG, 7, x)
+    frame = transport.encode(transport.Kind.MSG, 7, x)
     buffer = torch.zeros(frame.numel() + 100, dtype=torch.uint8)
     buffer[: frame.numel()] = frame
-    got = engine.decode(buffer)
-    assert (got.kind, got.iteration, got.dtype, got.numel) == (engine.Kind.MSG, 7, torch.float64, 6)
+    got = transport.decode(buffer)
+    assert (got.kind, got.iteration, got.dtype, got.numel) == (transport.Kind.MSG, 7, torch.float64, 6)
     assert torch.equal(got.tensor(), x)
-    with pytest.raises(engine.Malformed):
-        engine.decode(torch.zeros(200, dtype=torch.uint8))  # no magic
-    too_big = engine.encode(engine.Kind.MSG, 7, torch.zeros(100, dtype=torch.float64))
-    with pytest.raises(engine.Malformed):
-        engine.decode(too_big[:200].clone())  # announces more than the buffer holds
+    with pytest.raises(transport.Malformed):
+        transport.decode(torch.zeros(200, dtype=torch.uint8))  # no magic
+    too_big = transport.encode(transport.Kind.MSG, 7, torch.zeros(100, dtype=torch.float64))
+    with pytest.raises(transport.Malformed):
+        transport.decode(too_big[:200].clone())  # announces more than the buffer holds
 
 
 def test_identity_ignores_local_fields():
     a = engine.config_identity(config(timeout=5, device="cpu", iterations=3))
     b = engine.config_identity(config(timeout=9, iterations=7, threads=2))
     assert a == b
-    assert engine._differences(a, engine.config_identity(config(seed=6))) == "seed=6 (master: 5)"
+    assert transport.config_differences(a, engine.config_identity(config(seed=6))) == "seed=6 (master: 5)"
 
 
 # ----------------------------------------------------------------------------- same trajectory
@@ -295,7 +295,7 @@ def test_resume_refuses_another_run(tmp_path):
 
 
 def test_nccl_needs_cuda():
-    from byzrsa.experiments.config import validate
+    from byzrsa.engines.common import validate
 
     with pytest.raises(ByzrsaError, match="nccl"):
         validate(config(engine="dist", backend="nccl", device="cpu"))

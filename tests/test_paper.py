@@ -64,11 +64,11 @@ def test_presets_match_protocol_table(name):
         line = next(line for line in FIGURES[name].lines if line.label == label)
         assert (line.paper_lr if line.paper_lr is not None else configs[label].lr) == lr, (name, label)
     if attack == "same-value":
-        assert {c.attack_c for c in configs.values() if c.method != "ideal-sgd"} == {100.0}
+        assert {c.attack_options['c'] for c in configs.values() if c.method != "ideal-sgd"} == {100.0}
     if attack == "sign-flip":
-        assert {c.attack_sigma for c in configs.values() if c.method != "ideal-sgd"} == {-4.0}
+        assert {c.attack_options['sigma'] for c in configs.values() if c.method != "ideal-sgd"} == {-4.0}
     if attack == "copy":  # "regular worker r = 1"
-        assert {c.attack_copy_from for c in configs.values() if c.method != "ideal-sgd"} == {1}
+        assert {c.attack_options['copy_from'] for c in configs.values() if c.method != "ideal-sgd"} == {1}
 
 
 def test_lambda_sweep_matches_protocol():
@@ -170,7 +170,7 @@ def test_tune_grid_picks_the_best(tmp_path, capsys):
     assert "best: --lr 0.0001" in printed  # 1e-7 barely moves from the zero model in 10 steps
     table = json.loads((out / "tune.json").read_text())
     assert [row["lr"] for row in table["rows"]] == [1e-7, 1e-4]
-    assert table["config"]["pixels"] == "raw" and table["config"]["method"] == "median"
+    assert table["config"]["pixels"] == "raw" and table["config"]["method"]["name"] == "median"  # nested component form
 
 
 def test_one_invocation_per_results_folder(tmp_path):

@@ -11,9 +11,9 @@ import torch
 from byzrsa.data import load_dataset
 from byzrsa.engines.common import build_problem
 from byzrsa.engines.sim import Simulator
-from byzrsa.experiments.config import RunConfig
+from byzrsa.config import RunConfig
 
-from reference import reference_run
+from reference import make_config, reference_run
 
 ITERATIONS = 20
 
@@ -28,7 +28,7 @@ def simulate_and_compare(dataset, **settings):
         dataset="synthetic", workers=7, byzantine=2, batch_size=4, iterations=ITERATIONS, dtype="float64",
         split="iid", seed=5, lr=0.05, lam=0.05, attack_std=3.0,
     )
-    config = RunConfig(**{**base, **settings})
+    config = make_config(**{**base, **settings})
     problem = build_problem(config, dataset)
     sim = Simulator(problem)
     with torch.no_grad():

@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return run
     if name in ("RunConfig", "load_config"):
-        from byzrsa.experiments import config
+        from byzrsa import config
 
         return getattr(config, name)
     raise AttributeError(f"module 'byzrsa' has no attribute {name!r}")

@@ -10,7 +10,6 @@ import argparse
 import importlib
 import json
 import sys
-from dataclasses import fields
 from typing import Any
 
 from byzrsa.errors import ByzrsaError
@@ -20,59 +19,106 @@ __all__ = ["main", "add_config_flags", "config_from_args"]
 # Subcommands that live in their own modules: each module has register(subparsers).
 PLUGINS = ("byzrsa.experiments.paper", "byzrsa.experiments.tune", "byzrsa.experiments.theory")
 
+# Help for the run's own settings; a component's options carry their help in their registry entry.
 HELP: dict[str, str] = {
-    "method": "rsa, ideal-sgd, sgd, geomed, krum, median, trimmed-mean or multi-krum",
+    "method": "training method",
     "norm": "RSA penalty norm: l1, l2, linf or a number p > 1",
     "lam": "RSA penalty weight lambda (>= 0)",
     "lr": "base step size a; the step is a/sqrt(k) (or a, with --lr-schedule constant)",
     "lr_schedule": "sqrt (a/sqrt(k), the paper's) or constant",
     "master_order": "RSA master uses x_i^k (jacobi, eq. 8 of the paper) or x_i^{k+1} (gauss-seidel, the authors' code)",
     "mu": "weight of f0(x) = mu/2 ||x||^2",
-    "agg_f": "number of outliers a robust rule is told (default: --byzantine)",
-    "multi_krum_k": "rows multi-Krum averages (default m - f)",
-    "geomed_tol": "geometric median: relative stopping tolerance of Weiszfeld's iterations",
-    "geomed_max_iter": "geometric median: iteration cap",
-    "attack": "none, same-value, sign-flip, copy, gaussian, non-finite or negative-sum",
+    "momentum": "worker momentum beta of the gradient methods: workers send m = beta m + (1 - beta) g (0: off)",
+    "agg_f": "number of outliers the rule and pre-aggregators are told (default: --byzantine)",
+    "pre": "pre-aggregators applied before the rule, in order, comma-separated",
+    "attack": "what the Byzantine workers do",
     "byzantine": "number q of Byzantine workers (the last q workers)",
-    "attack_c": "same-value attack: the value c sent in every entry",
-    "attack_sigma": "sign-flip attack: multiplier sigma of the true value",
-    "attack_copy_from": "copy attack: index of the regular worker copied (0 = first)",
-    "attack_std": "gaussian attack: standard deviation",
-    "attack_value": "non-finite attack: nan, inf or -inf",
     "dataset": "mnist-sample (offline), mnist, fashion-mnist, digits or synthetic",
     "data_dir": "folder holding the dataset's IDX files (mnist, fashion-mnist)",
     "pixels": "raw (0..255, the paper's) or unit ([0, 1])",
     "split": "iid, by-label (the paper's heterogeneous split), dirichlet or natural (synthetic)",
     "dirichlet_alpha": "dirichlet split: concentration alpha (smaller = more heterogeneous)",
     "heterogeneity": "synthetic data: how much the workers' distributions differ, in [0, 1]",
-    "model": "softmax (regression with bias) or mlp",
-    "hidden": "mlp: hidden units",
+    "model": "model",
     "workers": "number m of workers, regular and Byzantine",
     "batch_size": "minibatch size per worker per iteration",
     "iterations": "number of iterations",
     "eval_every": "evaluate every N iterations",
-    "seed": "random seed of the run",
+    "seed": "random seed of the run (>= 0)",
     "dtype": "float32 or float64",
-    "device": "cpu or cuda (cuda:N)",
-    "threads": "torch CPU threads (default: torch's choice)",
+    "device": "cpu, cuda or cuda:N",
+    "threads": "torch CPU threads (default: 1 on CPU, see docs/performance.md)",
     "engine": "sim (vectorised simulator) or dist (one process per worker, torch.distributed)",
     "backend": "dist engine: gloo or nccl",
     "timeout": "dist engine: seconds before a silent worker is declared dead",
     "checkpoint_every": "dist engine: checkpoint the master every N iterations into --out (0: never); see --resume",
 }
-ALIASES = {"attack_sigma": ["--sigma"], "attack_copy_from": ["--copy-from"], "attack_c": ["--c"]}
+
+
+def _component_flags() -> list[tuple[str, list[str], str, str, str, str]]:
+    """(flag, aliases, config key, component kind, owners) for every option of every registered component."""
+    from byzrsa.aggregators import RULES
+    from byzrsa.attacks import ATTACKS
+    from byzrsa.models import MODELS
+    from byzrsa.preaggregators import PRE_AGGREGATORS
+
+    flags: dict[str, tuple[list[str], str, str, list[str], str]] = {}  # flag -> (aliases, key, kind, owners, help)
+
+    def add(flag: str, opt: Any, key: str, kind: str, owner: str) -> None:
+        aliases, _, _, owners, help_ = flags.setdefault(flag, ([], key, kind, [], f"{opt.help} [{opt.default}]"))
+        aliases.extend(a for a in opt.aliases if a not in aliases)
+        owners.append(owner)
+
+    for rule in RULES.values():
+        for opt in rule.options:
+            add(f"--{rule.name}-{opt.name.replace('_', '-')}", opt, f"method.{opt.name}", "method", rule.name)
+    for attack in ATTACKS.values():
+        for opt in attack.options:
+            add(f"--attack-{opt.name.replace('_', '-')}", opt, f"attack.{opt.name}", "attack", attack.name)
+    for model in MODELS.values():
+        for opt in model.options:
+            add(f"--{model.name}-{opt.name.replace('_', '-')}", opt, f"model.{opt.name}", "model", model.name)
+    for pre in PRE_AGGREGATORS.values():
+        for opt in pre.options:
+            add(f"--{pre.name}-{opt.name.replace('_', '-')}", opt, f"pre.{pre.name}.{opt.name}", "pre", pre.name)
+    return [(flag, aliases, key, kind, ",".join(owners), help_) for flag, (aliases, key, kind, owners, help_) in flags.items()]
+
+
+def _choices(kind: str) -> str:
+    from byzrsa.attacks import ATTACKS
+    from byzrsa.methods import method_names
+    from byzrsa.models import MODELS
+    from byzrsa.preaggregators import PRE_AGGREGATORS
+
+    names = {"method": method_names(), "attack": ATTACKS.names(), "model": MODELS.names(), "pre": PRE_AGGREGATORS.names()}
+    return ", ".join(names[kind]) if kind in names else ""
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (default None: only given flags override), plus --config and --set."""
-    from byzrsa.experiments.config import RunConfig
+    """One flag per config key and per component option (default None: only given flags override)."""
+    from byzrsa.config import KEYS, RunConfig
 
+    defaults = RunConfig().to_dict()
     group = parser.add_argument_group("run settings (defaults in brackets)")
-    for f in fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
+    for key in KEYS:
+        default = defaults[key]
+        if isinstance(default, dict):
+            default = default["name"]
+        elif isinstance(default, list):
+            default = ",".join(d["name"] for d in default) or "none"
+        choices = _choices(key)
+        help_ = HELP[key] + (f": {choices}" if choices else "")
         group.add_argument(
-            flag, *ALIASES.get(f.name, []), dest=f.name, default=None, metavar=f.name.split("_")[-1].upper(),
-            help=f"{HELP[f.name]} [{f.default}]",
+            "--" + key.replace("_", "-"), dest=key, default=None, metavar=key.split("_")[-1].upper(),
+            help=f"{help_} [{default}]",
+        )
+    options = parser.add_argument_group(
+        "component options (also --set method.OPTION=..., attack.OPTION=..., model.OPTION=..., pre.NAME.OPTION=...)"
+    )
+    for flag, aliases, key, kind, owners, help_ in _component_flags():
+        options.add_argument(
+            flag, *aliases, dest=f"option:{kind}:{owners}:{key}", default=None, metavar="VALUE",
+            help=f"{kind} {owners}: {help_}",
         )
     parser.add_argument("--config", metavar="FILE", help="TOML (or config.json) file of settings; flags override it")
     parser.add_argument(
@@ -82,12 +128,28 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, base: Any = None) -> Any:
     """Resolve defaults (or ``base``) < --config file < flags < --set into a RunConfig."""
-    from byzrsa.experiments.config import RunConfig, apply_overrides, load_config
+    from byzrsa.config import KEYS, RunConfig, apply_overrides, load_config
+    from byzrsa.errors import ConfigError
 
     config = load_config(args.config) if args.config else (base if base is not None else RunConfig())
-    given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
+    given = {k: getattr(args, k) for k in KEYS if getattr(args, k, None) is not None}
     if given:
         config = config.replace(**given)
+    options = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith("option:") or value is None:
+            continue
+        _, kind, owners, key = dest.split(":", 3)
+        chosen = config.pre if kind == "pre" else (getattr(config, kind),)
+        if not set(owners.split(",")) & set(chosen):
+            flag = "--" + (f"{kind}-" if kind == "attack" else f"{owners.split(',')[0]}-") + key.rsplit(".", 1)[1]
+            raise ConfigError(
+                f"{flag.replace('_', '-')} is an option of {kind} {owners.replace(',', ', ')}, "
+                f"but this run's {kind} is {', '.join(chosen) or 'none'}"
+            )
+        options[key] = value
+    if options:
+        config = config.replace(**options)
     return apply_overrides(config, args.set)
 
 
@@ -98,7 +160,7 @@ def resume_base(resume: str | None) -> Any:
     from pathlib import Path
 
     from byzrsa.errors import ConfigError
-    from byzrsa.experiments.config import load_config
+    from byzrsa.config import load_config
 
     path = Path(resume) / "config.json"
     if not path.is_file():
@@ -109,6 +171,8 @@ def resume_base(resume: str | None) -> Any:
 def _cmd_run(args: argparse.Namespace) -> int:
     from byzrsa.experiments.runner import run
 
+    if args.list:
+        return _cmd_list(args)
     config = config_from_args(args, resume_base(args.resume))
     if args.resume and args.out is None:
         args.out = args.resume
@@ -120,6 +184,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     keys = ("method", "attack", "byzantine", "iterations", "final_accuracy", "best_accuracy", "wall_seconds")
     print(json.dumps({k: summary[k] for k in keys}))
+    return 0
+
+
+def list_components() -> str:
+    """Every registered component with its options and defaults (``byzrsa list``)."""
+    from byzrsa.attacks import ATTACKS
+    from byzrsa.methods import get_method, method_names
+    from byzrsa.models import MODELS
+    from byzrsa.preaggregators import PRE_AGGREGATORS
+
+    sections = [
+        ("methods (--method; a gradient method's options are its rule's: --set method.OPTION=...)",
+         [get_method(n) for n in method_names()]),
+        ("pre-aggregators (--pre a,b; --set pre.NAME.OPTION=...)", list(PRE_AGGREGATORS.values())),
+        ("attacks (--attack; --set attack.OPTION=...)", list(ATTACKS.values())),
+        ("models (--model, or package.module:Factory; --set model.OPTION=...)", list(MODELS.values())),
+    ]
+    lines = []
+    for title, entries in sections:
+        lines.append(title)
+        for entry in entries:
+            lines.append(f"  {entry.name:<16} {entry.help}")
+            for opt in entry.options:
+                lines.append(f"      {opt.name} = {opt.default!r:<10} {opt.type.__name__}: {opt.help}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    print(list_components())
     return 0
 
 
@@ -141,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the checkpointed dist run in results folder DIR (its config.json and checkpoint.pt); "
         "results go to DIR unless --out is given",
     )
+    run_parser.add_argument("--list", action="store_true", help="print every component with its options and exit")
     run_parser.set_defaults(handler=_cmd_run)
+    list_parser = sub.add_parser("list", help="every method, pre-aggregator, attack and model with its options")
+    list_parser.set_defaults(handler=_cmd_list)
     for name in PLUGINS:
         try:
             module = importlib.import_module(name)

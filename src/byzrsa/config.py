@@ -22,7 +22,6 @@ This module depends on nothing of byzrsa but :mod:`byzrsa.errors`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -38,8 +37,10 @@ else:  # pragma: no cover
 
 from byzrsa.errors import ConfigError
 
-__all__ = ["RunConfig", "COMPONENTS", "load_config", "apply_overrides", "check_settings", "config_from_dict"]
+__all__ = ["RunConfig", "COMPONENTS", "SCHEDULES", "MASTER_ORDERS", "load_config", "apply_overrides", "check_settings", "config_from_dict"]
 
+SCHEDULES = ("sqrt", "constant")
+MASTER_ORDERS = ("jacobi", "gauss-seidel")
 # The fields naming a component, each with the field holding its options.
 COMPONENTS = {"method": "method_options", "attack": "attack_options", "model": "model_options"}
 
@@ -112,6 +113,14 @@ class RunConfig:
         # NaN and inf are not JSON; write them as strings and read them back in config_from_dict.
         return json.dumps(_json_safe(self.to_dict()), indent=2, sort_keys=True)
 
+    def to_toml(self) -> str:
+        """The config as a TOML file that :func:`load_config` reads back (unset optional keys left out)."""
+        lines = []
+        for key, value in self.to_dict().items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes``; keys as in :func:`config_from_dict` (``attack="alie"``, ``**{"attack.z": 1}``).
 
@@ -143,6 +152,20 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))
 
 
 _HINTS = get_type_hints(RunConfig)
@@ -305,8 +328,8 @@ def check_settings(c: RunConfig) -> None:
         ("dtype", ("float32", "float64")),
         ("engine", ("sim", "dist")),
         ("backend", ("gloo", "nccl")),
-        ("lr_schedule", ("sqrt", "constant")),
-        ("master_order", ("jacobi", "gauss-seidel")),
+        ("lr_schedule", SCHEDULES),
+        ("master_order", MASTER_ORDERS),
     ):
         _check(getattr(c, key) in valid, f"unknown {key} {getattr(c, key)!r}: choose one of {', '.join(valid)}")
     device = c.device

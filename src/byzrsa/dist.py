@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _init(config: Any, rank: int, world: int) -> None:
     import torch.distributed as dist
 
-    from byzrsa.engines.dist import _loopback_interface, _pg_timeout
+    from byzrsa.engines.dist.launch import _loopback_interface
+    from byzrsa.engines.dist.transport import pg_timeout as _pg_timeout
 
     # One machine: keep gloo on the loopback interface unless the user chose one.
     if config.backend == "gloo" and _single_node() and not os.environ.get("GLOO_SOCKET_IFNAME"):
@@ -138,8 +139,7 @@ def _run(config: Any, args: argparse.Namespace, rank: int, world: int) -> int:
     import torch.distributed as dist
 
     from byzrsa.engines import dist as engine
-    from byzrsa.engines.common import build_problem
-    from byzrsa.experiments.config import validate
+    from byzrsa.engines.common import build_problem, validate
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -164,8 +164,8 @@ def _run(config: Any, args: argparse.Namespace, rank: int, world: int) -> int:
     if config.threads is None:
         torch.set_num_threads(1)  # one process per worker: threads would only compete
     problem = build_problem(config)
-    faults, _ = engine.parse_faults(os.environ.get(engine.FAULTS_ENV))  # testing hook
-    spec = engine.spec_from_problem(problem, rank - 1, faults.get(rank - 1))
+    faults = engine.FaultPlan.from_env()  # a test's fault plan, read once here
+    spec = engine.spec_from_problem(problem, rank - 1, faults.of(rank - 1))
     del problem  # keep only this worker's shard
     _init(config, rank, world)
     _watch_done()

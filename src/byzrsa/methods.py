@@ -30,24 +30,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from byzrsa.aggregators import RULES
+from byzrsa.config import MASTER_ORDERS, SCHEDULES
 from byzrsa.errors import ConfigError
 from byzrsa.penalties import subgradient
+from byzrsa.registry import Entry, Registry
 
 __all__ = [
     "SCHEDULES",
     "MASTER_ORDERS",
+    "Method",
+    "METHODS",
+    "get_method",
+    "method_names",
     "step_size",
     "rsa_worker_step",
     "rsa_master_step",
     "aggregation_step",
+    "baseline_message",
+    "momentum_step",
 ]
-
-SCHEDULES = ("sqrt", "constant")
-MASTER_ORDERS = ("jacobi", "gauss-seidel")
 
 
 def step_size(lr: float, k: int, schedule: str = "sqrt") -> float:
@@ -113,3 +120,65 @@ def rsa_master_step(
 def aggregation_step(x: Tensor, messages: Tensor, aggregate: Callable[[Tensor], Tensor], *, alpha: float) -> Tensor:
     """Gradient-aggregation step ``x - alpha * aggregate(messages)``."""
     return x - alpha * aggregate(messages)
+
+
+def baseline_message(grad: Tensor, x: Tensor, mu: float) -> Tensor:
+    """A gradient-aggregation worker's message ``grad F(x; batch) + mu x`` (PROTOCOL.md, convention 1), in place."""
+    return grad.add_(x, alpha=mu)
+
+
+def momentum_step(momentum: Tensor | None, message: Tensor, beta: float) -> Tensor:
+    r"""Worker momentum :math:`m_i \leftarrow \beta m_i + (1 - \beta) g_i`, updated in place.
+
+    Karimireddy, He, Jaggi (ICML 2021), eq. (3); Farhadkhani et al. (ICML 2022).
+    The worker sends :math:`m_i` instead of :math:`g_i`. The momentum starts at
+    :math:`m_i^0 = 0` (``momentum`` None), as in both papers, so the first
+    message is :math:`(1 - \beta) g_i`. ``beta = 0`` returns ``message`` itself.
+    """
+    if beta == 0.0:
+        return message
+    if momentum is None:
+        return message * (1.0 - beta)
+    return momentum.mul_(beta).add_(message, alpha=1.0 - beta)
+
+
+@dataclass(frozen=True)
+class Method(Entry):
+    """A training method: RSA, or gradient aggregation with a rule.
+
+    ``rule`` is the aggregation rule of a gradient method (None for RSA);
+    ``regular_only`` aggregates the regular workers' messages alone (Ideal SGD:
+    the ceiling no attack can touch). Every aggregation rule is also a method of
+    the same name (see :func:`get_method`), so a new rule needs no method entry.
+    """
+
+    rule: str | None = None
+    regular_only: bool = False
+
+    @property
+    def is_rsa(self) -> bool:
+        return self.rule is None
+
+
+METHODS: Registry[Method] = Registry("method")
+METHODS.register(Method("rsa", rsa_master_step, "RSA", "RSA with an lp-norm penalty (--norm, --lam)"))
+METHODS.register(Method(
+    "ideal-sgd", aggregation_step, "Ideal SGD", "mean of the regular workers' gradients only (the ceiling)",
+    rule="mean", regular_only=True,
+))
+METHODS.register(Method("sgd", aggregation_step, "SGD", "mean of all messages (not robust)", rule="mean"))
+
+
+def get_method(name: str) -> Method:
+    """The method ``name``: a METHODS entry, or gradient aggregation with the rule of that name."""
+    if name in METHODS:
+        return METHODS[name]
+    if name in RULES:
+        rule = RULES[name]
+        return Method(name, aggregation_step, rule.label, rule.help, options=rule.options, rule=name)
+    raise ConfigError(f"unknown method {name!r}: choose one of {', '.join(method_names())}")
+
+
+def method_names() -> tuple[str, ...]:
+    """Every method: the METHODS entries, then each rule but the mean (which is ``sgd``)."""
+    return (*METHODS.names(), *(name for name in RULES if name != "mean" and name not in METHODS))

@@ -8,6 +8,8 @@ reproduce the simulator's trajectory.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,14 +19,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from byzrsa.aggregators import get_rule
-from byzrsa.attacks import Attack, get_attack
-from byzrsa.data import Dataset, load_dataset, partition
-from byzrsa.experiments.config import RULE_OF_METHOD, RunConfig, attack_params, validate
-from byzrsa.models import Model, build_model, evaluate
+from byzrsa.aggregators import RULES, Rule, check_rule
+from byzrsa.attacks import Attack, AttackContext, check_attack, get_attack
+from byzrsa.config import RunConfig, check_settings
+from byzrsa.data import SCHEMES, SOURCES, Dataset, load_dataset, partition
+from byzrsa.errors import ConfigError
+from byzrsa.methods import Method, aggregation_step, get_method, rsa_master_step
+from byzrsa.models import MODELS, Model, build_model, evaluate
 from byzrsa.penalties import parse_norm
+from byzrsa.preaggregators import PRE_AGGREGATORS, PreAggregator, apply_chain, check_chain
 
-__all__ = ["Problem", "build_problem", "derive_generator", "BatchSampler", "local_variance", "BATCH_BLOCK"]
+__all__ = [
+    "Parts",
+    "Problem",
+    "AggregatorState",
+    "build_parts",
+    "validate",
+    "build_problem",
+    "derive_generator",
+    "BatchSampler",
+    "local_variance",
+    "BATCH_BLOCK",
+]
 
 # Minibatch indices are drawn this many iterations at a time (one randint call per block).
 BATCH_BLOCK = 64
@@ -83,32 +99,175 @@ class BatchSampler:
 
 
 @dataclass
-class Problem:
-    """A config turned into tensors: data on the device, shards, model, rule, attack."""
+class AggregatorState:
+    """What a gradient-aggregation server carries from round to round: the pre-aggregators'
+    random streams and the previous aggregate (for rules with ``uses_previous``)."""
+
+    generators: list[torch.Generator]
+    previous: Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generators": [g.get_state() for g in self.generators], "previous": self.previous}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for g, saved in zip(self.generators, state["generators"]):
+            g.set_state(saved)
+        self.previous = state["previous"]
+
+
+@dataclass
+class Parts:
+    """The components of a run, built once from its config by :func:`build_parts`, for every engine.
+
+    ``config`` is the resolved config: every component's options filled in
+    from its registry entry, as written to config.json.
+    """
 
     config: RunConfig
-    dataset: Dataset
+    method: Method
     model: Model
+    p: float  # RSA norm exponent
+    attack: Attack
+    attack_options: dict[str, Any]
+    rule: Rule | None  # the gradient method's rule (None for RSA)
+    rule_options: dict[str, Any]
+    chain: tuple[tuple[PreAggregator, dict[str, Any]], ...]
+
+    @property
+    def is_rsa(self) -> bool:
+        return self.method.is_rsa
+
+    @property
+    def attacked(self) -> bool:
+        """Whether Byzantine workers send anything the server uses (never under Ideal SGD)."""
+        return self.config.byzantine > 0 and not self.method.regular_only
+
+    @property
+    def needs_own(self) -> bool:
+        """Whether the Byzantine workers compute their true values (the attack uses them)."""
+        return self.attacked and (self.attack.needs_own or self.attack.label_map is not None)
+
+    def computes(self, worker: int) -> bool:
+        """Whether ``worker`` computes a gradient each round: every regular one, a Byzantine one if it must."""
+        return worker < self.config.regular or self.needs_own
+
+    def labels(self, worker: int, y: Tensor) -> Tensor:
+        """The labels ``worker`` trains on: its own, or the data attack's poisoned ones for a Byzantine worker."""
+        if worker >= self.config.regular and self.attack.label_map is not None and self.attacked:
+            return self.attack.label_map(y, self.model.num_classes)
+        return y
+
+    def aggregator_state(self) -> AggregatorState:
+        seed = self.config.seed
+        return AggregatorState([derive_generator(seed, f"pre:{entry.name}") for entry, _ in self.chain])
+
+    def aggregate(self, messages: Tensor, state: AggregatorState) -> Tensor:
+        """The server's aggregate of ``(n, d)`` messages: the pre-aggregator chain, then the rule."""
+        rows = apply_chain(self.chain, messages, self.config.declared_f, state.generators)
+        options = dict(self.rule_options)
+        if self.rule.uses_previous:
+            options["previous"] = state.previous
+        out = self.rule(rows, self.config.declared_f, **options)
+        if self.rule.uses_previous:
+            state.previous = out
+        return out
+
+    def check_rows(self, n: int) -> None:
+        """Raise :class:`ConfigError` when the rule cannot run on ``n`` messages (dead workers)."""
+        rows = check_chain(self.chain, n, self.config.declared_f)
+        check_rule(self.rule.name, rows, self.config.declared_f, self.rule_options)
+
+    def defence(self, x0: Tensor, alpha: float, state: AggregatorState | None) -> Callable[[Tensor], Tensor]:
+        """The server's next model as a function of a round's ``(m, d)`` messages: what optimised attacks probe.
+
+        Probing runs on a copy of ``state`` (a fresh one if None), so it never
+        advances the server's own random streams or centre.
+        """
+        c = self.config
+        if self.is_rsa:
+            return lambda messages: rsa_master_step(x0, messages, lam=c.lam, p=self.p, alpha=alpha, mu=c.mu)
+
+        def probe(messages: Tensor) -> Tensor:
+            scratch = copy.deepcopy(state) if state is not None else self.aggregator_state()
+            return aggregation_step(x0, messages, lambda rows: self.aggregate(rows, scratch), alpha=alpha)
+
+        return probe
+
+    def attack_context(self, generators: list[torch.Generator], state: dict[str, Any]) -> AttackContext:
+        c = self.config
+        return AttackContext(
+            generators=generators, workers=c.workers, byzantine=c.byzantine, f=c.declared_f,
+            lam=c.lam, p=self.p, state=state,
+        )
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Check ``config`` against the registries and return it resolved (every option filled in).
+
+    Raises :class:`ConfigError` for any setting or component that cannot run;
+    needs no data (a model's shape-dependent checks happen when it is built).
+    """
+    return _resolve(config)[0]
+
+
+def _resolve(c: RunConfig) -> tuple[RunConfig, Method, Rule | None, tuple[tuple[PreAggregator, dict[str, Any]], ...]]:
+    check_settings(c)
+    method = get_method(c.method)
+    parse_norm(c.norm)
+    rule = RULES[method.rule] if method.rule is not None else None
+    if rule is None and c.method_options:
+        raise ConfigError(f"method {c.method!r} has no options (RSA is set by --norm, --lam, --master-order)")
+    rule_options = rule.resolve(c.method_options, f"method {c.method!r}:") if rule is not None else {}
+    if c.pre and method.is_rsa:
+        raise ConfigError("pre-aggregators apply to the messages of gradient-aggregation methods, not to RSA")
+    if c.momentum and method.is_rsa:
+        raise ConfigError("momentum applies to gradient-aggregation methods; RSA's workers keep their own models")
+    chain = tuple(
+        (PRE_AGGREGATORS[n], PRE_AGGREGATORS[n].resolve(o, "pre-aggregator")) for n, o in zip(c.pre, c.pre_options)
+    )
+    if rule is not None and not method.regular_only:
+        check_rule(rule.name, check_chain(chain, c.workers, c.declared_f), c.declared_f, rule_options)
+    attack_options = check_attack(c.attack, c.regular, c.byzantine, c.attack_options)
+    model = MODELS.get(c.model)
+    model_options = model.resolve(c.model_options, "model") if model is not None else dict(c.model_options)
+    resolved = dataclasses.replace(
+        c, method_options=rule_options, attack_options=attack_options, model_options=model_options,
+        pre_options=tuple(o for _, o in chain),
+    )
+    return resolved, method, rule, chain
+
+
+def build_parts(config: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> Parts:
+    """Check ``config`` and build its method, model, rule, pre-aggregators and attack from the registries.
+
+    Every component is looked up once, here, and its options checked against
+    its entry; every engine builds its parts with this function.
+    """
+    c, method, rule, chain = _resolve(config)
+    model = build_model(c.model, input_shape, num_classes, c.model_options)
+    attack = get_attack(c.attack)
+    return Parts(c, method, model, parse_norm(c.norm), attack, c.attack_options, rule, c.method_options, chain)
+
+
+@dataclass
+class Problem:
+    """A config turned into tensors: the :class:`Parts` and the data on the device, with its shards."""
+
+    parts: Parts
+    dataset: Dataset
     train_x: Tensor  # featurised, on device, run dtype
     train_y: Tensor
     test_x: Tensor
     test_y: Tensor
     shards: list[Tensor]  # m CPU int64 index tensors into train_x
-    p: float  # RSA norm exponent
-    attack: Attack
-    attack_kwargs: dict[str, Any]
-    aggregate: Callable[[Tensor], Tensor] | None  # the baseline's rule, with f and options bound
     dtype: torch.dtype
     device: torch.device
 
-    @property
-    def is_rsa(self) -> bool:
-        return self.config.method == "rsa"
-
-    @property
-    def needs_own(self) -> bool:
-        """Whether Byzantine workers must compute their true values (the attack uses them)."""
-        return self.config.byzantine > 0 and self.config.method != "ideal-sgd" and self.attack.needs_own
+    def __getattr__(self, name: str) -> Any:
+        # The parts' fields and facts (config, model, p, attack, is_rsa, needs_own, ...) read through.
+        if name == "parts":
+            raise AttributeError(name)
+        return getattr(self.parts, name)
 
     def init_vector(self) -> Tensor:
         gen = derive_generator(self.config.seed, "init")
@@ -147,9 +306,27 @@ def local_variance(regular: Tensor, x0: Tensor) -> float:
     return float(((points - points.mean(dim=0)) ** 2).sum())
 
 
+def run_dtype(config: RunConfig) -> torch.dtype:
+    return torch.float64 if config.dtype == "float64" else torch.float32
+
+
+def run_device(config: RunConfig) -> torch.device:
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but this machine has no CUDA device")
+    return device
+
+
 def build_problem(config: RunConfig, dataset: Dataset | None = None) -> Problem:
-    """Validate ``config``, load and split the data, and build model, rule and attack."""
-    validate(config)
+    """Check ``config``, load and split the data, and build the parts (:func:`build_parts`)."""
+    check_settings(config)
+    if config.dataset not in SOURCES:
+        raise ConfigError(f"unknown dataset {config.dataset!r}: choose one of {', '.join(SOURCES)}")
+    if config.split not in SCHEMES:
+        raise ConfigError(f"unknown split {config.split!r}: choose one of {', '.join(SCHEMES)}")
+    device, dtype = run_device(config), run_dtype(config)
+    get_method(config.method)  # a misspelled method fails before the data loads
+    get_attack(config.attack)
     if dataset is None:
         dataset = load_dataset(
             config.dataset,
@@ -159,45 +336,23 @@ def build_problem(config: RunConfig, dataset: Dataset | None = None) -> Problem:
             workers=config.workers,
             heterogeneity=config.heterogeneity,
         )
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from byzrsa.errors import ConfigError
-
-        raise ConfigError("--device cuda was asked for, but this machine has no CUDA device")
-    num_features = int(np.prod(dataset.train_x.shape[1:]))
-    model = build_model(config.model, num_features, dataset.num_classes, hidden=config.hidden)
+    parts = build_parts(config, tuple(dataset.train_x.shape[1:]), dataset.num_classes)
     groups = dataset.train_groups.numpy() if dataset.train_groups is not None else None
     shards = partition(
         dataset.train_y.numpy(), config.workers, config.split, config.seed, alpha=config.dirichlet_alpha, groups=groups
     )
-    aggregate = None
-    if config.method != "rsa":
-        rule = get_rule(RULE_OF_METHOD[config.method])
-        f = config.byzantine if config.agg_f is None else config.agg_f
-        options: dict[str, Any] = {}
-        if rule.name == "geomed":
-            options = {"tol": config.geomed_tol, "max_iter": config.geomed_max_iter}
-        elif rule.name == "multi-krum" and config.multi_krum_k is not None:
-            options = {"k": config.multi_krum_k}
-        aggregate = lambda x, rule=rule, f=f, options=options: rule(x, f, **options)  # noqa: E731
 
     def prepare(x: Tensor) -> Tensor:
-        return model.featurize(x.to(dtype)).to(device)
+        return parts.model.featurize(x.to(dtype)).to(device)
 
     return Problem(
-        config=config,
+        parts=parts,
         dataset=dataset,
-        model=model,
         train_x=prepare(dataset.train_x),
         train_y=dataset.train_y.to(device),
         test_x=prepare(dataset.test_x),
         test_y=dataset.test_y.to(device),
         shards=[torch.as_tensor(s, dtype=torch.long) for s in shards],
-        p=parse_norm(config.norm),
-        attack=get_attack(config.attack),
-        attack_kwargs=attack_params(config),
-        aggregate=aggregate,
         dtype=dtype,
         device=device,
     )

@@ -16,7 +16,14 @@ import torch
 from torch import Tensor
 
 from byzrsa.engines.common import Problem
-from byzrsa.methods import aggregation_step, rsa_master_step, rsa_worker_step, step_size
+from byzrsa.methods import (
+    aggregation_step,
+    baseline_message,
+    momentum_step,
+    rsa_master_step,
+    rsa_worker_step,
+    step_size,
+)
 from byzrsa.penalties import subgradient
 
 __all__ = ["Simulator", "simulate"]
@@ -27,7 +34,8 @@ class Simulator:
 
     Rows ``0..r-1`` of ``workers`` are the regular workers, the last q rows the
     Byzantine ones (PROTOCOL.md). Byzantine rows are only computed when the
-    attack needs their true values (sign-flip); otherwise they are never touched.
+    attack needs their true values (sign-flip, label-flip); otherwise they are
+    never touched.
     """
 
     def __init__(self, problem: Problem) -> None:
@@ -37,7 +45,9 @@ class Simulator:
         # Ideal SGD ignores the Byzantine workers altogether.
         self.active = c.workers if problem.needs_own else c.regular
         self.samplers = [problem.sampler(i) for i in range(self.active)]
-        self.attack_generators = problem.attack_generators()
+        self.attack_context = problem.attack_context(problem.attack_generators(), state={})
+        self.aggregator = problem.aggregator_state()
+        self.momenta: Tensor | None = None  # (active, d) worker momenta, with --momentum
         start = problem.init_vector()
         self.x0 = start.clone()  # RSA's master model, or the baselines' shared model
         self.workers = start.expand(c.workers, -1).clone() if problem.is_rsa else None
@@ -51,15 +61,23 @@ class Simulator:
             blocks = [s.next_block() for s in self.samplers]  # the samplers move in lockstep
             self._indices, self._row = torch.stack(blocks, dim=1).to(self.problem.device), 0
         self._row += 1
-        return self.problem.gather(self._indices[self._row - 1])
+        x, y = self.problem.gather(self._indices[self._row - 1])
+        if self.active > self.problem.config.regular and self.problem.attack.label_map is not None:
+            r = self.problem.config.regular
+            y = torch.cat([y[:r], self.problem.labels(r, y[r:])])
+        return x, y
 
-    def _byzantine_messages(self, regular: Tensor, own: Tensor) -> Tensor:
+    def _byzantine_messages(self, regular: Tensor, own: Tensor, x0: Tensor) -> Tensor:
         c, pb = self.problem.config, self.problem
-        if c.byzantine == 0 or c.method == "ideal-sgd":
+        if not pb.attacked:
             return regular[:0]
         if not pb.needs_own:  # placeholders of the right shape; the attack does not read them
             own = regular.new_zeros(()).expand(c.byzantine, regular.shape[1])  # (no memory written)
-        return pb.attack(regular, own, self.attack_generators, **pb.attack_kwargs)
+        ctx = self.attack_context
+        ctx.x0 = x0
+        if pb.attack.needs_defence:
+            ctx.defence = pb.defence(x0, step_size(c.lr, self.k, c.lr_schedule), self.aggregator)
+        return pb.attack(regular, own, ctx, **pb.attack_options)
 
     def step(self) -> None:
         """Advance one iteration (k -> k + 1)."""
@@ -76,20 +94,20 @@ class Simulator:
             if c.master_order == "jacobi":
                 # The master reads x_i^k, so the Byzantine messages are made before the workers
                 # step; its pull towards the regular x_i^k is minus theirs (see rsa_master_step).
-                lies = self._byzantine_messages(current[:r], current[r:])
+                lies = self._byzantine_messages(current[:r], current[r:], self.x0)
                 x0 = rsa_master_step(self.x0, lies, mu=c.mu, pull=-penalty[:r].sum(dim=0), **step)
                 rsa_worker_step(current, self.x0, grad, m=c.workers, penalty=penalty, out=current, **step)
             else:
                 rsa_worker_step(current, self.x0, grad, m=c.workers, penalty=penalty, out=current, **step)
-                messages = torch.cat([current[:r], self._byzantine_messages(current[:r], current[r:])])
+                messages = torch.cat([current[:r], self._byzantine_messages(current[:r], current[r:], self.x0)])
                 x0 = rsa_master_step(self.x0, messages, mu=c.mu, **step)
             self.x0 = x0
         else:
-            # Each message is grad F(x; batch) + grad f0(x) = ... + mu x, at the shared model.
-            grad = pb.model.grad(self.x0.expand(self.active, -1), x, y).add_(self.x0, alpha=c.mu)
-            lies = self._byzantine_messages(grad[:r], grad[r:])
+            grad = baseline_message(pb.model.grad(self.x0.expand(self.active, -1), x, y), self.x0, c.mu)
+            grad = self.momenta = momentum_step(self.momenta, grad, c.momentum)
+            lies = self._byzantine_messages(grad[:r], grad[r:], self.x0)
             messages = torch.cat([grad[:r], lies]) if lies.shape[0] else grad[:r]
-            self.x0 = aggregation_step(self.x0, messages, pb.aggregate, alpha=alpha)
+            self.x0 = aggregation_step(self.x0, messages, lambda m: pb.aggregate(m, self.aggregator), alpha=alpha)
 
     def metrics(self) -> dict[str, float]:
         locals_ = self.workers[: self.problem.config.regular] if self.problem.is_rsa else None

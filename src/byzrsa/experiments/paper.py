@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.config import RunConfig
+from byzrsa.config import RunConfig
 
 __all__ = [
     "Claim",
@@ -147,13 +147,13 @@ def _base(method: str, lr: float) -> dict[str, Any]:
 
 
 NO_ATTACK = {"split": "iid", "byzantine": 0, "attack": "none"}
-SAME_VALUE_4 = {"split": "iid", "byzantine": 4, "attack": "same-value", "attack_c": 100.0}
-SAME_VALUE_8 = {"split": "iid", "byzantine": 8, "attack": "same-value", "attack_c": 100.0}
-SIGN_FLIP_4 = {"split": "iid", "byzantine": 4, "attack": "sign-flip", "attack_sigma": -4.0}
-SIGN_FLIP_8 = {"split": "iid", "byzantine": 8, "attack": "sign-flip", "attack_sigma": -4.0}
+SAME_VALUE_4 = {"split": "iid", "byzantine": 4, "attack": "same-value", "attack.c": 100.0}
+SAME_VALUE_8 = {"split": "iid", "byzantine": 8, "attack": "same-value", "attack.c": 100.0}
+SIGN_FLIP_4 = {"split": "iid", "byzantine": 4, "attack": "sign-flip", "attack.sigma": -4.0}
+SIGN_FLIP_8 = {"split": "iid", "byzantine": 8, "attack": "sign-flip", "attack.sigma": -4.0}
 # "each Byzantine worker i transmits v_i = v_r ... We set r = 1" (0-based index 1: PROTOCOL.md)
-HETERO_4 = {"split": "by-label", "byzantine": 4, "attack": "copy", "attack_copy_from": 1}
-HETERO_8 = {"split": "by-label", "byzantine": 8, "attack": "copy", "attack_copy_from": 1}
+HETERO_4 = {"split": "by-label", "byzantine": 4, "attack": "copy", "attack.copy_from": 1}
+HETERO_8 = {"split": "by-label", "byzantine": 8, "attack": "copy", "attack.copy_from": 1}
 
 # Per-method step sizes a (the step is a/sqrt(k)). Baselines: the base step sizes of the authors'
 # result folders (PROTOCOL.md). Ideal SGD is the no-attack SGD run (1e-4), except on the
@@ -403,20 +403,12 @@ def canonical(config: RunConfig) -> RunConfig:
     """The config with settings that cannot change the result normalised, so equal runs share a key.
 
     Ideal SGD ignores the Byzantine workers, so its attack is irrelevant: it is
-    keyed with ``attack="none"`` (and the attack parameters at their defaults).
-    Thread counts only change speed.
+    keyed with ``attack="none"`` (which drops the attack's options). Thread
+    counts only change speed.
     """
     changes: dict[str, Any] = {"threads": None}
     if config.method == "ideal-sgd":
-        default = RunConfig()
-        changes.update(
-            attack="none",
-            attack_c=default.attack_c,
-            attack_sigma=default.attack_sigma,
-            attack_copy_from=default.attack_copy_from,
-            attack_std=default.attack_std,
-            attack_value=default.attack_value,
-        )
+        changes["attack"] = "none"
     if config.method != "rsa":
         default = RunConfig()
         changes.update(norm=default.norm, lam=default.lam, master_order=default.master_order)
@@ -586,7 +578,7 @@ def execute_one(key: str, config_json: str, out: str) -> dict[str, Any]:
     The rename is what marks a run as finished: an interrupted run leaves only a
     temporary folder, which the next invocation deletes and redoes.
     """
-    from byzrsa.experiments.config import config_from_dict
+    from byzrsa.config import config_from_dict
     from byzrsa.experiments.runner import run
 
     config = config_from_dict(json.loads(config_json))
@@ -816,7 +808,7 @@ def reproduce(
     base = base_settings(dataset, data_dir, quick, iterations, eval_every, overrides)
     the_plan = plan(names, base, compare_order=compare_order)
     # Fail on bad settings (unknown dataset, impossible q) before anything runs.
-    from byzrsa.experiments.config import validate
+    from byzrsa.engines.common import validate
 
     for config in the_plan.runs.values():
         validate(config)

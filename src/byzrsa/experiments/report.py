@@ -237,8 +237,8 @@ def _setting_title(figure: Figure, dataset: str) -> str:
     split = "iid" if fixed.get("split") == "iid" else "heterogeneous (by digit)"
     attack = {
         "none": "no attack",
-        "same-value": f"same-value attack c={fixed.get('attack_c', 100):g}",
-        "sign-flip": f"sign-flip attack sigma={fixed.get('attack_sigma', -4):g}",
+        "same-value": f"same-value attack c={fixed.get('attack.c', 100):g}",
+        "sign-flip": f"sign-flip attack sigma={fixed.get('attack.sigma', -4):g}",
         "copy": "copy attack (regular worker 1)",
     }[fixed.get("attack", "none")]
     return f"{figure.name}: {dataset}, {split}, q={q}, {attack}"
@@ -389,7 +389,7 @@ def runtime_benchmark(configs: Mapping[str, Any], *, steps: int = 30, rounds: in
 
 def _benchmark_section(out: Path, plan: Plan, results: Mapping[str, Mapping[str, Result]]) -> tuple[str, dict[str, float]]:
     """The interleaved timing of fig 6's methods (cached in figures/fig6-benchmark.json), as text and numbers."""
-    from byzrsa.experiments.config import config_from_dict
+    from byzrsa.config import config_from_dict
 
     if "fig6" not in plan.figures:
         return "", {}

@@ -11,18 +11,20 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from byzrsa.data import Dataset
-from byzrsa.engines.common import build_problem
+from byzrsa.engines.common import build_problem, validate
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.config import RunConfig, config_from_dict
+from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.experiments.plots import plot_curves
+from byzrsa.methods import get_method
 from byzrsa.penalties import norm_name, parse_norm
+from byzrsa.preaggregators import PRE_AGGREGATORS
 
 __all__ = ["run", "read_metrics", "METRIC_COLUMNS", "describe"]
 
@@ -30,12 +32,13 @@ METRIC_COLUMNS = ("iteration", "accuracy", "test_loss", "train_loss", "variance"
 
 
 def describe(config: RunConfig) -> str:
-    """A short label such as ``RSA (l1, lambda=0.07)`` or ``GeoMed``."""
-    names = {"rsa": "RSA", "ideal-sgd": "Ideal SGD", "sgd": "SGD", "geomed": "GeoMed", "krum": "Krum",
-             "median": "Median", "trimmed-mean": "Trimmed mean", "multi-krum": "Multi-Krum"}
-    label = names[config.method]
-    if config.method == "rsa":
+    """A short label from the registries' labels: ``RSA (l1, lambda=0.07)``, ``GeoMed``, ``NNM + Krum (momentum 0.9)``."""
+    method = get_method(config.method)
+    label = " + ".join([*(PRE_AGGREGATORS[name].label for name in config.pre), method.label])
+    if method.is_rsa:
         label += f" ({norm_name(parse_norm(config.norm))}, lambda={config.lam:g})"
+    elif config.momentum:
+        label += f" (momentum {config.momentum:g})"
     return label
 
 
@@ -70,8 +73,11 @@ def run(
     the partial results are written. ``resume`` (dist engine) is a results
     folder holding a ``checkpoint.pt``: the run continues from it.
     """
-    if isinstance(config, dict):
+    if isinstance(config, Mapping):
         config = config_from_dict(config)
+    elif not isinstance(config, RunConfig):
+        raise ConfigError(f"run() takes a RunConfig or a mapping of settings, got {type(config).__name__}")
+    config = validate(config)  # every component's options filled in: what config.json records
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     out_dir = Path(out) if out is not None else None

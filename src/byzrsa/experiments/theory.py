@@ -259,9 +259,9 @@ def _log_points(n: int, count: int = 40, start: int = 10) -> list[int]:
 
 def run_checks(out: str | Path, quick: bool = False, *, quiet: bool = True, setting: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Theorems 1 and 2 and the O(1/k) rate on the synthetic problem; writes plots and ``theory.json`` to ``out``."""
-    from byzrsa.penalties import norm_name, parse_norm
     from byzrsa.data import load_dataset
-    from byzrsa.experiments.config import RunConfig
+    from byzrsa.config import RunConfig
+    from byzrsa.penalties import norm_name, parse_norm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -471,7 +471,7 @@ def report_section(result: Mapping[str, Any], out: Path) -> tuple[str, list[dict
         {
             "claim": "Theorem 2: the asymptotic error grows with the number q of Byzantine workers",
             "held": t2["held_q"], "verdict": word(t2["held_q"]),
-            "numbers": f"lambda = 1.5 lambda0, final E||x-[x~*]||^2 at q = " + ", ".join(
+            "numbers": "lambda = 1.5 lambda0, final E||x-[x~*]||^2 at q = " + ", ".join(
                 f"{q}: {e:.3g}" for q, e in zip(t2["q"], t2["error_q"])
             ) + f" (fitted exponent in q: {t2['q_exponent']:.2f}; the bound is O(q^2))",
         },
@@ -520,8 +520,8 @@ def report_section(result: Mapping[str, Any], out: Path) -> tuple[str, list[dict
 
 
 def _cmd_lambda0(args: argparse.Namespace) -> int:
-    from byzrsa.penalties import norm_name, parse_norm
     from byzrsa.cli import config_from_args
+    from byzrsa.penalties import norm_name, parse_norm
 
     config = config_from_args(args)
     p = parse_norm(config.norm)

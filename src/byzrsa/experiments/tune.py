@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.config import RunConfig, validate
+from byzrsa.config import RunConfig
+from byzrsa.engines.common import validate
 
 __all__ = ["parse_grid", "tune", "register"]
 
@@ -126,9 +127,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _figure_config(args: argparse.Namespace) -> RunConfig:
     """The preset run of ``--method`` in ``--figure``, with every given flag on top."""
-    from dataclasses import fields
 
-    from byzrsa.experiments.config import apply_overrides
     from byzrsa.experiments.paper import FIGURES, figure_configs, resolve_figures
 
     names = resolve_figures([args.figure])
@@ -141,9 +140,9 @@ def _figure_config(args: argparse.Namespace) -> RunConfig:
     if not presets:
         have = sorted({c.method for c in figure_configs(figure, {}).values()})
         raise ConfigError(f"{figure.name} has no {method} line; it has {', '.join(have)}")
-    config = next(iter(presets.values()))
-    given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
-    return apply_overrides(config.replace(**given), args.set)
+    from byzrsa.cli import config_from_args
+
+    return config_from_args(args, base=next(iter(presets.values())))
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
