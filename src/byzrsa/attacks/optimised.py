@@ -39,7 +39,9 @@ _MAX_HALVINGS = 200
 
 
 def perturbation(regular: Tensor, direction: str) -> Tensor:
-    r"""The paper's perturbation p (d,): ``unit`` :math:`-\mu/\|\mu\|`, ``std`` :math:`-\sigma`, ``sign`` :math:`-\mathrm{sign}\,\mu`.
+    r"""The paper's perturbation p, shape (d,), for ``direction``.
+
+    ``unit``: :math:`-\mu/\|\mu\|`; ``std``: :math:`-\sigma`; ``sign``: :math:`-\mathrm{sign}(\mu)`.
 
     (The paper's "inverse unit vector", "inverse standard deviation" and "inverse
     sign"; a zero mean gives a zero unit vector.) Its code takes the sample
@@ -88,11 +90,13 @@ def largest_feasible(feasible: Callable[[float], bool], gamma_init: float, tol: 
 
 
 def _geometry(regular: Tensor, p: Tensor) -> tuple[Tensor, Tensor, float, Tensor]:
-    r"""``a, b, c, D``: :math:`\|\mu + \gamma p - x_j\|^2 = a_j + 2\gamma b_j + \gamma^2 c`, :math:`D_{ij} = \|x_i - x_j\|^2`.
+    r"""The float64 coefficients ``a, b, c`` and squared distances ``D`` the conditions are made of.
 
-    :math:`a_j = \|x_j - \mu\|^2`, :math:`b_j = \langle p, \mu - x_j\rangle`, :math:`c = \|p\|^2`,
-    all in float64; D from the Gram matrix of the centred messages (centring
-    first keeps its cancellation at the scale of the distances themselves).
+    :math:`\|\mu + \gamma p - x_j\|^2 = a_j + 2\gamma b_j + \gamma^2 c` and
+    :math:`D_{ij} = \|x_i - x_j\|^2`, with :math:`a_j = \|x_j - \mu\|^2`,
+    :math:`b_j = \langle p, \mu - x_j\rangle`, :math:`c = \|p\|^2`. D comes from the
+    Gram matrix of the centred messages (centring first keeps its cancellation at
+    the scale of the distances themselves).
     """
     centred = regular.double()
     centred = centred - centred.mean(dim=0)
@@ -125,12 +129,12 @@ def _gamma(regular: Tensor, p: Tensor, kind: str, gamma_init: float, tol: float)
 
 
 def min_max_gamma(regular: Tensor, direction: str = "std", gamma_init: float = 10.0, tol: float = 1e-5) -> float:
-    r"""Min-max's :math:`\gamma`: the largest with :math:`\max_j \|\mu + \gamma p - x_j\| \le \max_{i,j}\|x_i - x_j\|`."""
+    r"""Min-max's factor: the largest :math:`\gamma` with the min-max condition (module docstring)."""
     return _gamma(regular, perturbation(regular, direction), "min-max", gamma_init, tol)
 
 
 def min_sum_gamma(regular: Tensor, direction: str = "std", gamma_init: float = 10.0, tol: float = 1e-5) -> float:
-    r"""Min-sum's :math:`\gamma`: the largest with :math:`\sum_j\|\mu + \gamma p - x_j\|^2 \le \max_i \sum_j\|x_i - x_j\|^2`.
+    r"""Min-sum's factor: the largest :math:`\gamma` with the min-sum condition (module docstring).
 
     Since :math:`\sum_j (x_j - \mu) = 0` the condition reads
     :math:`\gamma \|p\| \le \max_i \|x_i - \mu\|` (the lie is no farther from mu

@@ -79,9 +79,10 @@ def rsa_target(regular: Tensor, x0: Tensor, p: float, target: str) -> Tensor:
 
 
 def rsa_best_response(x0: Tensor, t: Tensor, p: float) -> Tensor:
-    r"""The message z (d,) with master subgradient :math:`-\partial\|t\|_p`: it moves :math:`x_0` by :math:`\alpha\lambda\|t\|_p` along t.
+    r"""The message z (d,) whose master subgradient is :math:`-\partial\|t\|_p`, moving :math:`x_0` most along t.
 
-    :math:`z = x_0 + (1 + \|x_0\|_\infty)\, v`, v as in the module docstring; a
+    It moves the next master by :math:`\alpha\lambda\|t\|_p` along t, the most one
+    message can: :math:`z = x_0 + (1 + \|x_0\|_\infty)\, v`, v as in the module docstring; a
     zero t gives :math:`z = x_0` (no move is better than another to first order).
     """
     v = subgradient(t, p) if p == 1.0 or math.isinf(p) else t
@@ -93,7 +94,7 @@ def rsa_best_response(x0: Tensor, t: Tensor, p: float) -> Tensor:
 
 
 def rsa_aware(regular: Tensor, own: Tensor, ctx: AttackContext, *, target: str = "against-pull") -> Tensor:
-    r"""Every Byzantine worker sends :math:`z = x_0 + c\,v`, moving RSA's next master :math:`\alpha\lambda\|t\|_p` along t.
+    r"""Every Byzantine worker sends :math:`z = x_0 + c\,v`: RSA's next master moves the most it can along t.
 
     .. math::
         z_j = \arg\max_z \big\langle -\alpha\lambda\,\partial\|x_0 - z\|_p,\, t\big\rangle ,
