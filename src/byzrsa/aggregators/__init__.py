@@ -40,11 +40,14 @@ from typing import Any
 from torch import Tensor
 
 from byzrsa.aggregators._common import _check_f, _check_krum, _check_trimmed
+from byzrsa.aggregators.bulyan import _check_bulyan, bulyan, bulyan_selection
+from byzrsa.aggregators.cclip import centered_clipping
 from byzrsa.aggregators.coordinate import mean, median, trimmed_mean
 from byzrsa.aggregators.geomed import geometric_median, geometric_median_with_info
 from byzrsa.aggregators.krum import krum, krum_scores, multi_krum
+from byzrsa.aggregators.signsgd import sign_majority
 from byzrsa.errors import ConfigError
-from byzrsa.registry import Entry, Option, Registry, at_least, non_negative
+from byzrsa.registry import Entry, Option, Registry, at_least, non_negative, positive
 
 __all__ = [
     "mean",
@@ -55,6 +58,10 @@ __all__ = [
     "krum",
     "multi_krum",
     "krum_scores",
+    "centered_clipping",
+    "bulyan",
+    "bulyan_selection",
+    "sign_majority",
     "Rule",
     "RULES",
     "get_rule",
@@ -79,6 +86,11 @@ class Rule(Entry):
         The rule takes the keyword ``previous``: the previous round's aggregate
         (None in the first round), e.g. the centre of centered clipping. The
         engines keep it.
+    sign_output : bool
+        The output is a vote in ``{-1, 0, 1}^d`` (signSGD), not an estimate of the
+        rows: identical rows return that row's sign and the output is bounded by
+        1 in every coordinate, which is what the shared tests check instead of
+        "returns that row" and "within the range of the regular rows".
     check : callable or None
         ``check(m, f, options)`` raises :class:`ConfigError` when the rule cannot
         run on ``m`` rows of which ``f`` are Byzantine (Krum: ``m >= 2f + 3``).
@@ -89,6 +101,7 @@ class Rule(Entry):
     scale_equivariant: bool = True
     robust: bool = True
     uses_previous: bool = False
+    sign_output: bool = False
     check: Callable[[int, int, dict[str, Any]], None] | None = None
 
     def __call__(self, x: Tensor, f: int = 0, **options: Any) -> Tensor:
@@ -111,6 +124,10 @@ def _multi_krum_check(m: int, f: int, options: dict[str, Any]) -> None:
 
 def _trimmed_check(m: int, f: int, options: dict[str, Any]) -> None:
     _check_trimmed(m, f)
+
+
+def _bulyan_check(m: int, f: int, options: dict[str, Any]) -> None:
+    _check_bulyan(m, f)
 
 
 RULES: Registry[Rule] = Registry("aggregation rule")
@@ -136,6 +153,22 @@ RULES.register(Rule(
     options=(Option("k", int, None, "rows averaged (default m - f)", at_least(1), optional=True),),
     needs_f=True, check=_multi_krum_check,
 ))
+RULES.register(Rule(
+    "cclip", centered_clipping, "CClip", "centered clipping around the previous aggregate (median in round 1)",
+    options=(
+        Option("tau", float, 10.0, "clipping radius (absolute)", positive),
+        Option("iters", int, 3, "clipping iterations per round", at_least(1)),
+    ),
+    scale_equivariant=False, uses_previous=True,
+))
+RULES.register(Rule(
+    "bulyan", bulyan, "Bulyan", "m - 2f rows by iterated Krum, then the mean of the m - 4f values nearest the median",
+    needs_f=True, check=_bulyan_check,
+))
+RULES.register(Rule(
+    "signsgd", sign_majority, "signSGD", "majority vote of the rows' signs (a step direction in {-1, 0, 1})",
+    translation_equivariant=False, scale_equivariant=False, sign_output=True,
+))
 
 
 def get_rule(name: str) -> Rule:
@@ -148,7 +181,8 @@ def check_rule(name: str, m: int, f: int, options: dict[str, Any] | None = None)
 
     Raises :class:`ConfigError` (with the numbers) for an unknown rule, ``m < 1``,
     ``f < 0`` or ``f > m``, and whatever the rule's own ``check`` refuses
-    (Krum / multi-Krum with ``m < 2f + 3``, the trimmed mean with ``m <= 2f``).
+    (Krum / multi-Krum with ``m < 2f + 3``, the trimmed mean with ``m <= 2f``,
+    Bulyan with ``m < 4f + 3``).
     """
     rule = get_rule(name)
     f = _check_f(f)
