@@ -9,6 +9,14 @@ Every pre-aggregator is one :class:`PreAggregator` entry of ``PRE_AGGREGATORS``:
 ``fn(x, f, generator, **options) -> Tensor (n', d)``, where ``f`` is the declared
 number of Byzantine rows and ``generator`` a CPU ``torch.Generator`` owned by the
 run (one stream per pre-aggregator, for the random ones such as bucketing).
+Each returns a new tensor in the input's dtype and on its device. The maps live
+in :mod:`.mixing` (``bucketing``, ``nnm``) and :mod:`.clipping` (``clip``, ``arc``);
+``docs/defences.md`` gives their equations.
+
+Non-finite rows: ``bucketing`` spoils only the bucket holding such a row;
+``nnm``, ``clip`` and ``arc`` pass such a row through unchanged (it has no
+length or direction to work with) and never mix it into a finite row, so the
+rule that follows sees it and treats it as that rule documents.
 """
 
 from __future__ import annotations
@@ -21,9 +29,22 @@ import torch
 from torch import Tensor
 
 from byzrsa.errors import ConfigError
-from byzrsa.registry import Entry, Registry
+from byzrsa.preaggregators.clipping import _check_arc, adaptive_robust_clipping, arc_count, norm_clipping
+from byzrsa.preaggregators.mixing import _check_nnm, bucketing, nearest_neighbour_mixing
+from byzrsa.registry import Entry, Option, Registry, at_least, positive
 
-__all__ = ["PreAggregator", "PRE_AGGREGATORS", "apply_chain", "rows_after", "check_chain"]
+__all__ = [
+    "PreAggregator",
+    "PRE_AGGREGATORS",
+    "apply_chain",
+    "rows_after",
+    "check_chain",
+    "bucketing",
+    "nearest_neighbour_mixing",
+    "norm_clipping",
+    "adaptive_robust_clipping",
+    "arc_count",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,28 @@ class PreAggregator(Entry):
 
 
 PRE_AGGREGATORS: Registry[PreAggregator] = Registry("pre-aggregator")
+PRE_AGGREGATORS.register(PreAggregator(
+    "bucketing", bucketing, "Bucketing", "means of random buckets of s rows (ceil(n / s) rows out)",
+    options=(Option("s", int, 2, "bucket size", at_least(1)),),
+    rows=lambda n, options: -(-n // options["s"]),
+    # The value depends on the drawn permutation, so only its distribution is permutation-invariant.
+    permutation_invariant=False,
+))
+PRE_AGGREGATORS.register(PreAggregator(
+    "nnm", nearest_neighbour_mixing, "NNM", "each row replaced by the mean of its n - f nearest rows",
+    check=lambda n, f, options: _check_nnm(n, f),
+))
+PRE_AGGREGATORS.register(PreAggregator(
+    "clip", norm_clipping, "Clip", "rows longer than tau scaled to length tau",
+    options=(Option("tau", float, 2.0, "clipping threshold (absolute)", positive),),
+    translation_equivariant=False, scale_equivariant=False,
+))
+PRE_AGGREGATORS.register(PreAggregator(
+    "arc", adaptive_robust_clipping, "ARC",
+    "the floor(2 f (n - f) / n) longest rows clipped to the next one's length",
+    check=lambda n, f, options: _check_arc(n, f),
+    translation_equivariant=False,
+))
 
 
 def apply_chain(
