@@ -322,7 +322,7 @@ def test_optimised_factor_beats_every_factor_on_a_fine_grid(name, lie):
     # The mean defence moves without bound: the search goes to the top of its range.
     mean_ctx = AttackContext(byzantine=q, defence=lambda r: r.mean(dim=0))
     top = get_attack(name)(FIVE, torch.zeros(1, 4, dtype=torch.float64), mean_ctx, high=50.0).numpy()
-    np.testing.assert_allclose(top[0], family(50.0), rtol=1e-9)
+    np.testing.assert_allclose(top[0], family(50.0), rtol=1e-12)
 
 
 def test_optimised_attacks_need_the_defence():

@@ -55,12 +55,11 @@ def line_search(objective: Callable[[float], float], low: float, high: float, gr
         v = objective(s)
         return -math.inf if math.isnan(v) else v
 
-    ratio = math.log(high / low)
-    logs = [math.log(low) + ratio * k / (grid - 1) for k in range(grid)]
-    values = [value(math.exp(u)) for u in logs]
+    points = [low * (high / low) ** (k / (grid - 1)) for k in range(grid - 1)] + [high]  # both ends exact
+    values = [value(s) for s in points]
     best = max(range(grid), key=lambda k: (values[k], -k))
-    best_s, best_v = math.exp(logs[best]), values[best]
-    a, b = logs[max(best - 1, 0)], logs[min(best + 1, grid - 1)]
+    best_s, best_v = points[best], values[best]
+    a, b = math.log(points[max(best - 1, 0)]), math.log(points[min(best + 1, grid - 1)])
     if refine == 0 or a == b:
         return best_s
     c, d = b - _INV_PHI * (b - a), a + _INV_PHI * (b - a)
