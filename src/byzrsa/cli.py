@@ -51,6 +51,7 @@ HELP: dict[str, str] = {
     "engine": "sim (vectorised simulator) or dist (one process per worker, torch.distributed)",
     "backend": "dist engine: gloo or nccl",
     "timeout": "dist engine: seconds before a silent worker is declared dead",
+    "plugins": "comma-separated Python modules to import first: they register their own rules, attacks, models",
     "checkpoint_every": "dist engine: checkpoint the master every N iterations into --out (0: never); see --resume",
 }
 
@@ -172,6 +173,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from byzrsa.experiments.runner import run
 
     if args.list:
+        if args.plugins:
+            from byzrsa.config import config_from_dict
+            from byzrsa.engines.common import import_plugins
+
+            import_plugins(config_from_dict({"plugins": args.plugins}))
         return _cmd_list(args)
     config = config_from_args(args, resume_base(args.resume))
     if args.resume and args.out is None:

@@ -89,6 +89,8 @@ class RunConfig:
     dtype: str = "float32"
     device: str = "cpu"
     threads: int | None = None
+    # modules imported before the components are looked up (each registers its own entries)
+    plugins: str = ""
     # engine
     engine: str = "sim"
     backend: str = "gloo"

@@ -41,6 +41,39 @@ def _ranking(scores: Tensor, bad: Tensor) -> Tensor:
     return order[torch.sort(bad[order].to(torch.int8), stable=True).indices]
 
 
+def _duplicate_of(x: Tensor, bad: Tensor) -> Tensor | None:
+    """For each row, the lowest index of a row exactly equal to it (None when no two rows are equal).
+
+    Copies are common (copy and mimic attackers, Byzantine workers sending one
+    vector), and the Gram identity gives two equal rows a distance of rounding
+    size (about 5e-7 in float32 at d = 5) rather than 0, and their scores may
+    differ by as much, which broke the lowest-index tie-break. Candidates are the
+    rows with equal sums; only those are compared entry by entry. Rows with a
+    non-finite entry (``bad``) are nobody's copy: they stay infinitely far.
+    """
+    sums = x.sum(dim=1)
+    good = ~bad
+    equal = (sums[:, None] == sums[None, :]) & good[:, None] & good[None, :]
+    candidates = equal.triu(diagonal=1).nonzero().tolist()
+    if not candidates:
+        return None
+    rep = torch.arange(x.shape[0], device=x.device)
+    for i, j in candidates:
+        if int(rep[j]) == j and torch.equal(x[i], x[j]):
+            rep[j] = rep[i]
+    return rep if bool((rep != torch.arange(x.shape[0], device=x.device)).any()) else None
+
+
+def _with_duplicates(d2: Tensor, rep: Tensor | None) -> Tensor:
+    """Make equal rows exactly equal in ``d2``: the representative's distances, and 0 between copies."""
+    if rep is None:
+        return d2
+    d2 = d2[rep][:, rep]  # copies read their representative's row and column
+    same = rep[:, None] == rep[None, :]
+    same.fill_diagonal_(False)
+    return d2.masked_fill(same, 0.0)
+
+
 def _krum_scores(x: Tensor, f: int) -> tuple[Tensor, Tensor]:
     bad = _non_finite_rows(x)
     if bool(bad.any()):
@@ -50,9 +83,10 @@ def _krum_scores(x: Tensor, f: int) -> tuple[Tensor, Tensor]:
     # identity loses about eps * (||a||^2 + ||b||^2), so centring on a row of the dense
     # cluster keeps its small distances accurate whatever the translation of the data
     # (e.g. same-value attackers at 100 while the regular gradients differ by 1e-2).
-    scores = _scores_from(_pairwise_sq_dists(x, bad), f, bad)
+    rep = _duplicate_of(x, bad)
+    scores = _scores_from(_with_duplicates(_pairwise_sq_dists(x, bad), rep), f, bad)
     centre = int(_ranking(scores, bad)[0])
-    return _scores_from(_pairwise_sq_dists(x - x[centre], bad), f, bad), bad
+    return _scores_from(_with_duplicates(_pairwise_sq_dists(x - x[centre], bad), rep), f, bad), bad
 
 
 def krum_scores(x: Tensor, f: int) -> Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,8 +211,22 @@ def validate(config: RunConfig) -> RunConfig:
     return _resolve(config)[0]
 
 
+def import_plugins(config: RunConfig) -> None:
+    """Import the config's plugin modules (comma-separated), which register their components on import.
+
+    Every process of a run calls this before it looks a component up, so a
+    rule or attack from a user's module works in the dist engine's workers too.
+    """
+    for name in filter(None, (n.strip() for n in config.plugins.split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"plugin {name!r} cannot be imported: {exc}") from None
+
+
 def _resolve(c: RunConfig) -> tuple[RunConfig, Method, Rule | None, tuple[tuple[PreAggregator, dict[str, Any]], ...]]:
     check_settings(c)
+    import_plugins(c)
     method = get_method(c.method)
     parse_norm(c.norm)
     rule = RULES[method.rule] if method.rule is not None else None
@@ -325,6 +340,7 @@ def build_problem(config: RunConfig, dataset: Dataset | None = None) -> Problem:
     if config.split not in SCHEMES:
         raise ConfigError(f"unknown split {config.split!r}: choose one of {', '.join(SCHEMES)}")
     device, dtype = run_device(config), run_dtype(config)
+    import_plugins(config)
     get_method(config.method)  # a misspelled method fails before the data loads
     get_attack(config.attack)
     if dataset is None:
