@@ -35,11 +35,12 @@ def _selection(x: Tensor, f: int) -> Tensor:
     remaining = torch.arange(m, device=x.device)
     chosen = []
     for _ in range(theta):
-        # Krum on the rows left: its own m' - f - 2 neighbours (0 once m' <= f + 2, when
-        # every score is 0 and the lowest index wins), from the same distances.
+        # Krum on the rows left, from the same distances, with its own m' - f - 2 neighbours;
+        # at least 1 (f = 1, last pick: m' = 3), where 0 would make every score 0 and the
+        # pick depend on the order of the rows.
         sub = d2.index_select(0, remaining).index_select(1, remaining)
         sub_bad = bad[remaining]
-        best = int(_ranking(_scores_from(sub, f, sub_bad), sub_bad)[0])
+        best = int(_ranking(_scores_from(sub, min(f, len(remaining) - 3), sub_bad), sub_bad)[0])
         chosen.append(int(remaining[best]))
         remaining = torch.cat([remaining[:best], remaining[best + 1 :]])
     return torch.tensor(chosen, dtype=torch.long, device=x.device)
@@ -93,10 +94,14 @@ def bulyan(x: Tensor, f: int) -> Tensor:
     Ties. Krum's ties go to the lowest row index, as in
     :func:`~byzrsa.aggregators.krum.multi_krum`. Among values equally far from
     the median the smaller is kept (value-based, so the second step does not
-    depend on the order of the rows). Once the pool has :math:`m' \le f + 2`
-    rows, the neighbour count is 0, every score is 0 and the lowest index is
-    taken (the paper leaves this case open: it only arises for the last
-    :math:`f` picks, which the coordinate step then trims).
+    depend on the order of the rows).
+
+    Departure: with ``f = 1`` the last pick has :math:`m' = 3` rows and a
+    neighbour count of :math:`m' - f - 2 = 0`, which makes every score 0 (the
+    paper does not say what to do); byzrsa uses 1 neighbour there (the row whose
+    nearest other row is closest), so the selection stays a function of the
+    distances rather than of the order of the rows. For ``f >= 2`` the count is
+    :math:`m' - f - 2 \ge f - 1 \ge 1` throughout, as in the paper.
 
     Non-finite rows: Krum ranks a row with a NaN or infinite entry after every
     finite row, so such rows are selected only when fewer than :math:`\theta`
