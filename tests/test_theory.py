@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from byzrsa.cli import main
-from byzrsa.experiments.config import RunConfig
+from byzrsa.config import RunConfig
 from byzrsa.experiments.theory import (
     decaying_step, fit_slope, lambda0, objective_from_config, quadratic_objective, run_rsa, solve_consensus,
 )
