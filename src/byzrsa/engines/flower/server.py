@@ -87,7 +87,8 @@ def discover(grid: Grid, job: Job) -> dict[int, int]:
             meta = reply.content.config_records[META]
             worker = int(meta["worker"])
             if meta["fingerprint"] != job.fingerprint:
-                raise ConfigError(f"node {node} (worker {worker}) resolved another config: same byzrsa version?")
+                raise ConfigError(f"node {node} (worker {worker}) resolved another config (fingerprint {meta['fingerprint']},"
+                                  f" the server's {job.fingerprint}): is the same byzrsa version installed there?")
             if meta["shard"] != job.shard_fingerprint(worker):
                 raise ConfigError(f"node {node} (worker {worker}) holds another training shard: same data files?")
             if worker in nodes and nodes[worker] != node:
