@@ -226,7 +226,8 @@ def _chain(module: nn.Module, names: list[str], offsets: dict[str, int]) -> list
         elif type(layer) is nn.ReLU:
             layers.append("relu")
         elif type(layer) is nn.Dropout:
-            layers.append("dropout")
+            if layer.p > 0:  # p = 0 draws no mask (as in TorchModel's hook): nothing to do
+                layers.append("dropout")
         elif type(layer) is nn.Flatten and not seen_linear and layer.start_dim == 1 and layer.end_dim == -1:
             layers.append("flatten")
         elif type(layer) is not nn.Identity:
@@ -342,8 +343,7 @@ class TorchModel:
             self._recording = []
             try:
                 with torch.no_grad():
-                    functional_call(self.module, dict(self.module.named_parameters()),
-                                    (torch.zeros(1, *input_shape, dtype=dtype, device=device),))
+                    self.module(torch.zeros(1, *input_shape, dtype=dtype, device=device))
                 self._sites[input_shape] = self._recording
             finally:
                 self._recording = None
@@ -356,10 +356,9 @@ class TorchModel:
             hooks = [layer.register_forward_hook(lambda _l, _i, out: sizes.append(out.numel()))
                      for layer in self.module.modules() if not any(True for _ in layer.children())]
             try:
+                dtype, device = self._place or (torch.float32, torch.device("cpu"))
                 with torch.no_grad():
-                    functional_call(self.module, dict(self.module.named_parameters()),
-                                    (torch.zeros(1, *input_shape, device=self._place[1] if self._place else "cpu",
-                                                 dtype=self._place[0] if self._place else torch.float32),))
+                    self.module(torch.zeros(1, *input_shape, dtype=dtype, device=device))
             finally:
                 for hook in hooks:
                     hook.remove()
@@ -604,7 +603,7 @@ class _FactoryEntry(ModelEntry):
 
     def resolve(self, given: Any, kind: str) -> dict[str, Any]:
         given = dict(given or {})
-        typed = {opt.name for opt in self.options}
+        typed = [opt.name for opt in self.options]
         names = [*typed, *self.loose]
         unknown = [] if self.any_keyword else sorted(set(given) - set(names))
         if unknown:
