@@ -41,7 +41,9 @@ def _row_sq_dists(x: Tensor, centre: Tensor | None = None) -> Tensor:
     for cols in _column_blocks(x):
         diff = x[:, cols] if centre is None else x[:, cols] - centre[cols]
         diff = diff * diff if centre is None else diff.mul_(diff)
-        out += diff.sum(dim=1, dtype=torch.float64) if x.dtype != torch.float64 else diff.sum(dim=1)
+        # Each block's sum in the input's dtype (a cascade sum, ~1e-7 relative in float32), the
+        # blocks' sums in float64: sum(dtype=float64) converts every element, measured 14x slower.
+        out += diff.sum(dim=1)
     return out
 
 
