@@ -39,12 +39,19 @@ def _row_sq_dists(x: Tensor, centre: Tensor | None = None) -> Tensor:
     """
     out = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for cols in _column_blocks(x):
-        diff = x[:, cols] if centre is None else x[:, cols] - centre[cols]
-        diff = diff * diff if centre is None else diff.mul_(diff)
-        # Each block's sum in the input's dtype (a cascade sum, ~1e-7 relative in float32), the
-        # blocks' sums in float64: sum(dtype=float64) converts every element, measured 14x slower.
-        out += diff.sum(dim=1)
+        _add_block(out, x[:, cols] if centre is None else x[:, cols] - centre[cols])
     return out
+
+
+def _add_block(acc: Tensor, diff: Tensor) -> None:
+    """``acc += sum_j diff_ij^2`` per row: the block's norm in its dtype, squared and summed in float64.
+
+    One fused ``vector_norm`` per block (no squared temporary) is accurate over a
+    block (~7e-8 relative, against ~7e-6 for one over a million float32 columns)
+    and measured 1.7x faster than ``(diff * diff).sum(1)``; a float64 reduction
+    (``dtype=torch.float64``) converts every element and was 14x slower.
+    """
+    acc += torch.linalg.vector_norm(diff, dim=1).double().square_()
 
 
 def _row_dists(x: Tensor, centre: Tensor | None = None, sq: Tensor | None = None) -> Tensor:

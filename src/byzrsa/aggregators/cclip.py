@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from byzrsa.aggregators._blocks import _column_blocks, _row_dists, _row_sq_dists
+from byzrsa.aggregators._blocks import _add_block, _column_blocks, _row_dists, _row_sq_dists
 from byzrsa.aggregators._common import _check_matrix, _non_finite_rows
 from byzrsa.aggregators.coordinate import median
 from byzrsa.errors import ConfigError, config_int
@@ -126,8 +126,7 @@ def centered_clipping(
             block = v[cols] + weight @ diff
             new[cols] = block
             if not last:
-                diff = torch.sub(x[:, cols], block, out=diff).mul_(diff)
-                sq += diff.sum(dim=1)  # float64 accumulator of the blocks' sums (see _row_sq_dists)
+                _add_block(sq, torch.sub(x[:, cols], block, out=diff))
         v = new
     return v
 
