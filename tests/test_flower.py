@@ -223,7 +223,7 @@ def _end(marker: str, started: list[subprocess.Popen]) -> list[int]:
     for proc in started:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 3
     for proc in started:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))

@@ -193,13 +193,8 @@ class Job:
         return bool(self.problem.needs_own)
 
     @property
-    def needs_master(self) -> bool:
-        attack = self.problem.attack
-        return self.attacked and bool(getattr(attack, "needs_master", False) or getattr(attack, "needs_defence", False))
-
-    @property
     def needs_defence(self) -> bool:
-        return self.attacked and bool(getattr(self.problem.attack, "needs_defence", False))
+        return self.attacked and bool(self.problem.attack.needs_defence)
 
     def role(self, worker: int) -> str:
         """``regular``, ``byzantine``, or ``idle`` (a Byzantine worker whose messages are never used)."""

@@ -83,7 +83,8 @@ class ByzrsaStrategy(Strategy):
         self.worker_of_node = {node: worker for worker, node in self.nodes.items()}
         self.x = job.init_vector()  # RSA's x0, or the baselines' shared model
         self._sampling = job.sampling_generator()
-        self.report_rounds: set[int] = set()
+        self.report_rounds: set[int] = set()  # rounds whose replies also carry RSA's x_i^{k+1} (evaluations)
+        self._sampled: list[int] = []
         self.stats = {"failed": 0, "malformed": 0, "non_finite": 0, "skipped": 0}
         self._last: RoundMessages | None = None
 
@@ -117,7 +118,7 @@ class ByzrsaStrategy(Strategy):
     def collect(self, server_round: int, replies: Iterable[Message]) -> RoundMessages:
         """Decode the replies; an error reply, a stranger's or a malformed one is an absent term (counted)."""
         job = self.job
-        rnd = RoundMessages(server_round, list(getattr(self, "_sampled", [])))
+        rnd = RoundMessages(server_round, list(self._sampled))
         expected = set(rnd.sampled)
         spoiled: set[int] = set()
         for reply in replies:
@@ -158,8 +159,7 @@ class ByzrsaStrategy(Strategy):
     def finish(self, rnd: RoundMessages) -> tuple[ArrayRecord, MetricRecord]:
         """Apply the update to the collected messages; the new model and the round's counts."""
         self._last = rnd
-        stacked = [m for m in rnd.messages.values()]
-        non_finite = sum(1 for m in stacked if not bool(torch.isfinite(m).all()))
+        non_finite = sum(1 for m in rnd.messages.values() if not bool(torch.isfinite(m).all()))
         self.stats["failed"] += rnd.failed
         self.stats["malformed"] += rnd.malformed
         self.stats["non_finite"] += non_finite
@@ -191,9 +191,6 @@ class ByzrsaStrategy(Strategy):
     def alpha(self, k: int) -> float:
         c = self.job.config
         return step_size(c.lr, k, c.lr_schedule)
-
-    def state_dict(self) -> dict[str, object]:
-        return {"x": self.x.clone(), "sampling": self._sampling.get_state()}
 
 
 class RSAStrategy(ByzrsaStrategy):
