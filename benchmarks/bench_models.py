@@ -101,7 +101,8 @@ def run(models: list[str], workers: list[int], quick: bool) -> list[dict[str, An
     return rows
 
 
-HEADER = ["model", "m", "d", "path", "loop", "byzrsa", "loop / byzrsa", "vmap", "loop / vmap", "shared w", "loop / shared"]
+HEADER = ["model", "m", "d", "path", "loop", "byzrsa", "loop / byzrsa", "vmap", "loop / vmap", "shared w",
+          "loop / shared"]
 
 
 def _row(row: dict[str, Any]) -> str:

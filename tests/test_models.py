@@ -111,7 +111,8 @@ def test_registered_networks_and_their_sizes():
     assert lenet.dim == 61_706 and not lenet.stochastic  # 400 -> 120 -> 84 -> 10
     assert build_model("mlp", SHAPE, 10, {"hidden": 16}).dim == 784 * 16 + 16 + 16 * 10 + 10
     with torch.no_grad():
-        assert cnn.logits(cnn.init(torch.Generator().manual_seed(0), F64), torch.rand(2, *SHAPE, dtype=F64)).shape == (2, 10)
+        start = cnn.init(torch.Generator().manual_seed(0), F64)
+        assert cnn.logits(start, torch.rand(2, *SHAPE, dtype=F64)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("name, shape, needs", [("cnn", (20,), "image inputs"), ("lenet5", (1, 8, 8), "12 x 12")])
@@ -165,7 +166,7 @@ def user_module(tmp_path, monkeypatch):
             return Tiny(input_shape, num_classes, width=depth)
 
         def Normed(input_shape, num_classes):
-            return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 26 * 26, num_classes))
+            return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(1352, num_classes))
 
         def Plain(input_shape, num_classes):
             return SoftmaxRegression(784, num_classes)
@@ -189,7 +190,8 @@ def test_user_factory_by_import_path(user_module):
     assert isinstance(model.module[2], nn.Tanh) and model._path(torch.device("cpu")) == "vmap"  # Tanh: no chain
     assert build_model(f"{user_module}:Tiny", SHAPE, 10, {"extra": [1, 2]}).dim == 784 * 8 + 8 + 90  # passed as is
     entry = MODELS[f"{user_module}:Tiny"]
-    assert [(o.name, o.type, o.default) for o in entry.options] == [("width", int, 8), ("scale", float, 1.0), ("act", str, "relu")]
+    typed = [(o.name, o.type, o.default) for o in entry.options]
+    assert typed == [("width", int, 8), ("scale", float, 1.0), ("act", str, "relu")]
     conv = build_model(f"{user_module}:Convy", SHAPE, 10, {"groups": 4})
     w, x, y = batch(conv, shared=False)
     torch.testing.assert_close(conv.grad(w, x, y), TorchModel(conv.module, 10, batching="vmap").grad(w, x, y))
@@ -249,7 +251,8 @@ def test_chain_path_with_dropout_and_without_bias_matches_vmap():
     for shared in (False, True):
         w, x, y = batch(chain, m=4, b=6, shared=shared, shape=(3, 4))
         y = y % 3
-        torch.testing.assert_close(chain.loss_grad(w, x, y, gens(4)), vmapped.loss_grad(w, x, y, gens(4)), rtol=0, atol=1e-12)
+        want = vmapped.loss_grad(w, x, y, gens(4))
+        torch.testing.assert_close(chain.loss_grad(w, x, y, gens(4)), want, rtol=0, atol=1e-12)
 
 
 def test_softmax_features_do_not_depend_on_the_image_layout():

@@ -182,8 +182,9 @@ def _channels_last(x: Tensor) -> Tensor:
     are set explicitly because ``contiguous(memory_format=torch.channels_last)``
     leaves a one-channel image as it is, and torch then picks the NCHW kernels.
     """
-    m, b, c, h, w = x.shape
-    return torch.empty_strided(x.shape, (b * h * w * c, h * w * c, 1, w * c, c), dtype=x.dtype, device=x.device).copy_(x)
+    _, b, c, h, w = x.shape
+    strides = (b * h * w * c, h * w * c, 1, w * c, c)
+    return torch.empty_strided(x.shape, strides, dtype=x.dtype, device=x.device).copy_(x)
 
 
 def _refuse_unsupported(module: nn.Module) -> None:
@@ -319,7 +320,9 @@ class TorchModel:
         if self._recording is not None:
             span = _DROPOUTS[type(layer)]
             shape = tuple(output.shape[1:])
-            self._recording.append(_Site(float(layer.p), shape if span is None else shape[:span] + (1,) * (len(shape) - span)))
+            if span is not None:  # one draw per channel, broadcast over the rest
+                shape = shape[:span] + (1,) * (len(shape) - span)
+            self._recording.append(_Site(float(layer.p), shape))
             return output
         if self._masks is None:
             return output
@@ -495,7 +498,8 @@ class TorchModel:
             if isinstance(item, _Linear):
                 size = item.out * item.inp
                 # written in place into each worker's row: no (m, d) temporary
-                torch.bmm(delta.transpose(1, 2), inp, out=grads[:, item.weight : item.weight + size].view(m, item.out, item.inp))
+                rows = grads[:, item.weight : item.weight + size].view(m, item.out, item.inp)
+                torch.bmm(delta.transpose(1, 2), inp, out=rows)
                 if item.bias is not None:
                     torch.sum(delta, dim=1, out=grads[:, item.bias : item.bias + item.out])
                 if item is linears[0]:
