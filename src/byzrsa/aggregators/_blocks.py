@@ -1,16 +1,19 @@
 """Row reductions over column blocks: distances and norms without an (m, d) temporary or cancellation.
 
-``x - v`` for a (100, 1_000_000) float32 ``x`` allocates 400 MB, and on CPU the
-page faults of that fresh allocation cost more than the arithmetic (measured
-~100 ms, against ~13 ms for a matrix-vector product that reads ``x`` once). The
-Gram identity ``||x_i||^2 - 2 x_i.v + ||v||^2`` avoids the temporary but loses
+``x - v`` for a large ``x`` allocates a tensor as big as ``x``, and on CPU the page
+faults of that fresh allocation cost more than the arithmetic. The Gram identity
+``||x_i||^2 - 2 x_i.v + ||v||^2`` avoids the temporary but loses
 ``eps * (||x_i||^2 + ||v||^2)``, all of the answer when ``x_i`` is close to ``v``
 relative to their norms. Here the differences are formed a block of columns at a
-time (a temporary of about 4 MiB that stays in cache), squared and summed per
-row, and the block sums accumulate in float64: exact up to rounding, ~35 ms at
-(100, 1_000_000), and relative error ~1e-8 where ``vector_norm`` in float32 had
-~8e-6 (measured). Off the CPU one block covers every column.
+time (a temporary of about 4 MiB that stays in cache), each block's row norms
+are taken in the input's dtype and their squares summed in float64
+(:func:`_add_block`). Off the CPU one block covers every column.
 """
+
+# Measured on (100, 1_000_000) float32, one thread (benchmarks/bench_defences.py has the
+# full comparison): x - v ~100 ms against ~27 ms for a matrix-vector product that reads x
+# once; the blocked squared distances ~45 ms, relative error ~7e-8, where one vector_norm
+# over all the columns in float32 had ~7e-6.
 
 from __future__ import annotations
 
@@ -44,13 +47,10 @@ def _row_sq_dists(x: Tensor, centre: Tensor | None = None) -> Tensor:
 
 
 def _add_block(acc: Tensor, diff: Tensor) -> None:
-    """``acc += sum_j diff_ij^2`` per row: the block's norm in its dtype, squared and summed in float64.
-
-    One fused ``vector_norm`` per block (no squared temporary) is accurate over a
-    block (~7e-8 relative, against ~7e-6 for one over a million float32 columns)
-    and measured 1.7x faster than ``(diff * diff).sum(1)``; a float64 reduction
-    (``dtype=torch.float64``) converts every element and was 14x slower.
-    """
+    """``acc += sum_j diff_ij^2`` per row: the block's norm in its dtype, squared and summed in float64."""
+    # One fused vector_norm per block (no squared temporary) is accurate over a block and
+    # measured 1.7x faster than (diff * diff).sum(1); a float64 reduction (dtype=float64)
+    # converts every element and was 14x slower.
     acc += torch.linalg.vector_norm(diff, dim=1).double().square_()
 
 

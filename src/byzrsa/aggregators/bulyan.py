@@ -129,8 +129,13 @@ def bulyan(x: Tensor, f: int) -> Tensor:
     s = _sorted_columns(_nan_as_inf(y))
     mu = s[theta // 2].clone() if theta % 2 else _half_sum(s[theta // 2 - 1], s[theta // 2])
     k = 2 * f
-    below = (mu - s[:k]) > (s[theta - k :] - mu)  # (2f, d): the i-th lowest goes before the (2f-1-i)-th highest
-    a = below.sum(dim=0)
+    # The i-th lowest is dropped before the (2f-1-i)-th highest. Compared in float64, where the
+    # median of float32 values and their distances to it are exact: in float32 the rounded
+    # median flipped near-ties (3 coordinates in a million at (100, 1e6), against float64).
+    mu64 = mu.double() if theta % 2 else (s[theta // 2 - 1].double() + s[theta // 2].double()) / 2
+    a = torch.zeros(s.shape[1], dtype=torch.long, device=s.device)
+    for i in range(k):
+        a += (mu64 - s[i].double()) > (s[theta - k + i].double() - mu64)
     dev = s.sub_(mu)
     for r in range(min(k, theta)):  # rows that only some windows contain: [a, a + beta)
         dev[r].masked_fill_(a > r, 0)

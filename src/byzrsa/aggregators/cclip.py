@@ -66,7 +66,8 @@ def centered_clipping(
     Defaults: ``tau = 10``, ``iters = 3`` are those of the same authors' code for
     *Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing* (ICLR 2022,
     ``--clip-tau 10``, three iterations), the setting byzrsa names after that
-    paper; the ICML 2021 experiments ran ``tau = 100`` with one iteration.
+    paper; the experiment scripts of the ICML 2021 code use ``tau = 100`` with one
+    iteration.
 
     Departures. In the first round (``previous`` None) the paper's code starts
     from zero; byzrsa starts from the coordinate-wise :func:`median`, so that

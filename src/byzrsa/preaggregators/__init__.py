@@ -59,7 +59,10 @@ class PreAggregator(Entry):
     check : callable or None
         ``check(n, f, options)`` raises :class:`ConfigError` when it cannot run.
     translation_equivariant, scale_equivariant, permutation_invariant : bool
-        Claims the shared property tests check on the chain ``pre -> mean``.
+        Claims the shared property tests (``tests/test_defences.py``) check on the
+        output, for the same generator state: ``pre(x + t) = pre(x) + t``,
+        ``pre(a x) = a pre(x)`` for ``a > 0``, and ``pre(x[p]) = pre(x)[p]`` (rows
+        follow their inputs, so the output is the same multiset).
     """
 
     rows: Callable[[int, dict[str, Any]], int] = lambda n, options: n

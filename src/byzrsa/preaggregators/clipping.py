@@ -61,9 +61,9 @@ def norm_clipping(x: Tensor, f: int, generator: torch.Generator | None = None, t
     to (nor a direction, for NaN) and is passed through unchanged, for the rule
     to treat as it documents. A finite row whose squared norm overflows is
     clipped along its direction (the norm is rescaled, see
-    :func:`~byzrsa.aggregators._blocks._row_dists`). Norms are exact sums of
-    squares over column blocks accumulated in float64, so a row is clipped
-    exactly when its norm exceeds :math:`\tau`.
+    :func:`~byzrsa.aggregators._blocks._row_dists`). Norms are taken per block of
+    columns with their squares summed in float64 (about 1e-7 relative in
+    float32), so a row's fate does not hinge on a long float32 accumulation.
     """
     _check_matrix(x)
     _check_f(f)
@@ -115,8 +115,8 @@ def adaptive_robust_clipping(x: Tensor, f: int, generator: torch.Generator | Non
     Non-finite rows: a row with a NaN or infinite entry counts as infinitely
     long, so it is among the :math:`k` longest, but it is passed through
     unchanged (it has no length to clip); if more than :math:`k` rows are
-    non-finite, :math:`C` is infinite and no finite row is clipped. Norms are
-    exact (see :func:`norm_clipping`).
+    non-finite, :math:`C` is infinite and no finite row is clipped. Norms as in
+    :func:`norm_clipping`.
     """
     n = _check_matrix(x)
     f = _check_f(f)
