@@ -134,7 +134,10 @@ def _stack(out: Any) -> Tensor:
     return as_tensor(out)
 
 
-def build(x: Tensor, f: int, peers: bool) -> tuple[dict[str, dict[str, Callable[[], Any]]], dict[str, str], dict[str, Any]]:
+Cases = dict[str, dict[str, Callable[[], Any]]]
+
+
+def build(x: Tensor, f: int, peers: bool) -> tuple[Cases, dict[str, str], dict[str, Any]]:
     """``{defence: {library: call}}``, notes, and the settings the references need."""
     m, d = x.shape
     zero = torch.zeros(d)
@@ -170,7 +173,8 @@ def build(x: Tensor, f: int, peers: bool) -> tuple[dict[str, dict[str, Callable[
         if m * (m - f) * d * 4 <= 8e9:  # it gathers an (m, m - f, d) tensor: 36 GB at (100, 1e6)
             cases["nnm"]["byzfl"] = lambda: byzfl_pre.NNM(f=f)(x)
         else:
-            notes["byzfl nnm"] = f"left out: x[indices] is an ({m}, {m - f}, {d}) tensor ({m * (m - f) * d * 4 / 1e9:.0f} GB)"
+            size = m * (m - f) * d * 4 / 1e9
+            notes["byzfl nnm"] = f"left out: x[indices] is an ({m}, {m - f}, {d}) tensor ({size:.0f} GB)"
         cases["arc"]["byzfl"] = lambda: byzfl_pre.ARC(f=f)(x.clone())
         cases["clip"]["byzfl"] = lambda: byzfl_pre.Clipping(c=tau_clip)(x.clone())
     except Exception as err:  # noqa: BLE001 - not installed or not importable: skip, saying why

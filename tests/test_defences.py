@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_aggregators import bulyan_separated  # the shared table's margin check for Bulyan's choices
 
 from byzrsa.aggregators import (
     RULES,
@@ -28,8 +29,6 @@ from byzrsa.aggregators import (
     sign_majority,
 )
 from byzrsa.errors import ConfigError
-from test_aggregators import bulyan_separated  # the shared table's margin check for Bulyan's choices
-
 from byzrsa.preaggregators import (
     PRE_AGGREGATORS,
     adaptive_robust_clipping,
@@ -308,7 +307,8 @@ def test_bucketing_hand_made_and_reference() -> None:
     # the generator owns the permutation: same seed, same buckets
     assert torch.equal(bucketing(x, 1, torch.Generator().manual_seed(4), s=2), out)
     assert sorted(bucketing(x, 1, g, s=1).tolist()) == sorted(x.tolist())  # s = 1 only shuffles
-    assert PRE_AGGREGATORS["bucketing"].rows(5, {"s": 2}) == 3 == rows_after([(PRE_AGGREGATORS["bucketing"], {"s": 2})], 5)
+    entry = PRE_AGGREGATORS["bucketing"]
+    assert entry.rows(5, {"s": 2}) == 3 == rows_after([(entry, {"s": 2})], 5)
 
 
 @SETTINGS
@@ -573,4 +573,5 @@ def test_pre_cuda_matches_cpu(name: str) -> None:
 def test_cclip_cuda_with_previous_matches_cpu() -> None:
     x = torch.randn(11, 5000, dtype=F64, generator=torch.Generator().manual_seed(0))
     prev = torch.zeros(5000, dtype=F64)
-    torch.testing.assert_close(centered_clipping(x.cuda(), previous=prev.cuda()).cpu(), centered_clipping(x, previous=prev))
+    gpu = centered_clipping(x.cuda(), previous=prev.cuda())
+    torch.testing.assert_close(gpu.cpu(), centered_clipping(x, previous=prev))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -65,7 +64,10 @@ def _sorted_columns(y: Tensor) -> Tensor:
 
 
 def bulyan(x: Tensor, f: int) -> Tensor:
-    r"""Bulyan over Krum (El Mhamdi, Guerraoui, Rouault, *The Hidden Vulnerability of Distributed Learning in Byzantium*, ICML 2018).
+    r"""Bulyan over Krum.
+
+    El Mhamdi, Guerraoui, Rouault, *The Hidden Vulnerability of Distributed
+    Learning in Byzantium*, ICML 2018.
 
     1. Selection: :math:`\theta = m - 2f` rows by iterated Krum: Krum (with the
        :math:`m' - f - 2` nearest neighbours of the :math:`m'` rows still

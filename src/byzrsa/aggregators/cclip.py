@@ -39,7 +39,10 @@ def _start(x: Tensor, previous: Tensor | None) -> Tensor:
 def centered_clipping(
     x: Tensor, tau: float = 10.0, iters: int = 3, *, previous: Tensor | None = None
 ) -> Tensor:
-    r"""Centered clipping (Karimireddy, He, Jaggi, *Learning from History for Byzantine Robust Optimization*, ICML 2021).
+    r"""Centered clipping.
+
+    Karimireddy, He, Jaggi, *Learning from History for Byzantine Robust
+    Optimization*, ICML 2021:
 
     .. math:: v_{l+1} = v_l + \frac1m \sum_{i=1}^m (x_i - v_l)\,\min\Bigl(1, \frac{\tau}{\|x_i - v_l\|}\Bigr),
               \qquad l = 0, \dots, L - 1,

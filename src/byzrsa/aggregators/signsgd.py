@@ -12,7 +12,10 @@ __all__ = ["sign_majority"]
 
 
 def sign_majority(x: Tensor) -> Tensor:
-    r"""Majority vote over the rows' signs (Bernstein et al., *signSGD with Majority Vote is Communication Efficient and Fault Tolerant*, ICLR 2019).
+    r"""Majority vote over the rows' signs.
+
+    Bernstein, Zhao, Azizzadenesheli, Anandkumar, *signSGD with Majority Vote is
+    Communication Efficient and Fault Tolerant*, ICLR 2019:
 
     .. math:: \mathrm{vote}(x)_j = \operatorname{sign}\Bigl(\sum_{i=1}^m \operatorname{sign}(x_{ij})\Bigr),
               \qquad \operatorname{sign}(0) = 0,

@@ -82,7 +82,10 @@ def _check_arc(n: int, f: int) -> None:
 
 
 def adaptive_robust_clipping(x: Tensor, f: int, generator: torch.Generator | None = None) -> Tensor:
-    r"""Adaptive robust clipping, ARC (Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, *Adaptive Gradient Clipping for Robust Federated Learning*, ICLR 2025; arXiv:2405.14432).
+    r"""Adaptive robust clipping, ARC.
+
+    Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, *Adaptive Gradient
+    Clipping for Robust Federated Learning*, ICLR 2025 (arXiv:2405.14432).
 
     Clip the :math:`k` longest rows to the length of the :math:`(k+1)`-th longest:
 

@@ -15,7 +15,10 @@ __all__ = ["bucketing", "nearest_neighbour_mixing"]
 
 
 def bucketing(x: Tensor, f: int, generator: torch.Generator | None, s: int = 2) -> Tensor:
-    r"""Bucketing (Karimireddy, He, Jaggi, *Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing*, ICLR 2022).
+    r"""Bucketing.
+
+    Karimireddy, He, Jaggi, *Byzantine-Robust Learning on Heterogeneous
+    Datasets via Bucketing*, ICLR 2022.
 
     Shuffle the rows with a random permutation :math:`\pi` and average
     consecutive buckets of ``s`` rows:
@@ -67,7 +70,10 @@ def _check_nnm(n: int, f: int) -> None:
 
 
 def nearest_neighbour_mixing(x: Tensor, f: int, generator: torch.Generator | None = None) -> Tensor:
-    r"""Nearest-neighbour mixing (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, *Fixing by Mixing*, AISTATS 2023).
+    r"""Nearest-neighbour mixing, NNM.
+
+    Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, *Fixing by Mixing: A
+    Recipe for Optimal Byzantine ML under Heterogeneity*, AISTATS 2023:
 
     .. math:: y_i = \frac{1}{n - f} \sum_{j \in N_i} x_j,
 
