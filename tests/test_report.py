@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from byzrsa.experiments.paper import FIGURES, Claim
+from byzrsa.experiments.presets import FIGURES, Claim
 from byzrsa.experiments.report import Result, check_claim, final_values
 
 

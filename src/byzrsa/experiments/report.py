@@ -25,7 +25,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from byzrsa.experiments.paper import FIGURES, MASTER_ORDER, PAPER_SETTING, Claim, Figure, Plan, figure_configs, run_key  # noqa: E402
+from byzrsa.experiments.plan import Plan, figure_configs, other_order, run_key  # noqa: E402
+from byzrsa.experiments.presets import FIGURES, MASTER_ORDER, PAPER_SETTING, Claim, Figure  # noqa: E402
 
 __all__ = ["Result", "Verdict", "final_values", "load_results", "check_claim", "draw_figure", "write_report"]
 
@@ -147,7 +148,7 @@ def check_claim(
     results: Mapping[str, Mapping[str, Result]],
     measured: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Verdict:
-    """Decide one claim on the final values of the figure's lines (see :class:`byzrsa.experiments.paper.Claim`).
+    """Decide one claim on the final values of the figure's lines (see :class:`byzrsa.experiments.presets.Claim`).
 
     ``measured`` (metric -> label -> value) replaces the runs' values of the
     figure's own lines for that metric (the interleaved timing of fig 6).
@@ -664,7 +665,6 @@ def write_report(
 
 def _order_section(out: Path, plan: Plan) -> str:
     """RSA's final accuracy with both master orders, for the panels that ran both."""
-    from byzrsa.experiments.paper import other_order
 
     if not plan.other_order:
         return ""

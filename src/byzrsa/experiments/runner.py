@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
+from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.data import Dataset
 from byzrsa.engines.common import build_problem, validate
 from byzrsa.errors import ConfigError
-from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.experiments.plots import plot_curves
 from byzrsa.methods import get_method
 from byzrsa.penalties import norm_name, parse_norm

@@ -26,7 +26,6 @@ solution whose size grows with :math:`\lambda^2 q^2`, at rate O(1/k) for steps
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -50,7 +49,6 @@ __all__ = [
     "run_rsa",
     "run_checks",
     "report_section",
-    "register",
 ]
 
 #: Step size of the checks, alpha_k = min(STEP_BAR, STEP_C / k) (Theorem 2's form).
@@ -259,8 +257,8 @@ def _log_points(n: int, count: int = 40, start: int = 10) -> list[int]:
 
 def run_checks(out: str | Path, quick: bool = False, *, quiet: bool = True, setting: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Theorems 1 and 2 and the O(1/k) rate on the synthetic problem; writes plots and ``theory.json`` to ``out``."""
-    from byzrsa.data import load_dataset
     from byzrsa.config import RunConfig
+    from byzrsa.data import load_dataset
     from byzrsa.penalties import norm_name, parse_norm
 
     out = Path(out)
@@ -512,47 +510,3 @@ def report_section(result: Mapping[str, Any], out: Path) -> tuple[str, list[dict
         lines.append(f"- {v['claim']}: **{v['verdict']}**. {v['numbers']}.")
     lines.append("")
     return "\n".join(lines), verdicts
-
-
-# ---------------------------------------------------------------------------------------------
-# byzrsa lambda0
-# ---------------------------------------------------------------------------------------------
-
-
-def _cmd_lambda0(args: argparse.Namespace) -> int:
-    from byzrsa.cli import config_from_args
-    from byzrsa.penalties import norm_name, parse_norm
-
-    config = config_from_args(args)
-    p = parse_norm(config.norm)
-    started = time.perf_counter()
-    obj = objective_from_config(config)
-    x_star, gnorm = solve_consensus(obj, tol=args.tol)
-    lam0, per_worker = lambda0(obj, x_star, p)
-    result = {
-        "norm": norm_name(p),
-        "lambda0": lam0,
-        "per_worker": [round(float(v), 6) for v in per_worker],
-        "lambda": config.lam,
-        "consensus_guaranteed": config.lam >= lam0,
-        "x_star_norm": float(x_star.norm()),
-        "x_star_grad_norm": gnorm,
-        "seconds": time.perf_counter() - started,
-    }
-    print(json.dumps(result))
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add ``byzrsa lambda0`` to the CLI."""
-    from byzrsa.cli import add_config_flags
-
-    parser = subparsers.add_parser(
-        "lambda0",
-        help="compute Theorem 1's lambda0 for a config (the smallest lambda that guarantees consensus)",
-        description="Solve the consensus problem (3) for the config's regular workers by L-BFGS in float64 (full "
-        "batch) and print lambda0 = max_i ||grad F_i(x~*)/m||_dual for the config's norm, as a guide for lambda.",
-    )
-    add_config_flags(parser)
-    parser.add_argument("--tol", type=float, default=1e-9, help="gradient-norm tolerance of L-BFGS [1e-9]")
-    parser.set_defaults(handler=_cmd_lambda0)

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from byzrsa.config import RunConfig
 from byzrsa.engines.common import Problem, build_parts
 from byzrsa.engines.dist.faults import FaultPlan
 from byzrsa.engines.dist.master import Master
@@ -34,7 +35,6 @@ from byzrsa.engines.dist.transport import (
     shard_fingerprint,
 )
 from byzrsa.engines.dist.worker import WorkerSpec, process_device, spec_from_problem, worker_main
-from byzrsa.config import RunConfig
 
 # ------------------------------------------------------------------------------------------- launching
 

@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from byzrsa.config import RunConfig
 from byzrsa.engines.common import BATCH_BLOCK, Parts
 from byzrsa.errors import ByzrsaError
-from byzrsa.config import RunConfig
 
 __all__ = [
     "DistError",

@@ -17,7 +17,7 @@ from byzrsa.errors import ByzrsaError
 __all__ = ["main", "add_config_flags", "config_from_args"]
 
 # Subcommands that live in their own modules: each module has register(subparsers).
-PLUGINS = ("byzrsa.experiments.paper", "byzrsa.experiments.tune", "byzrsa.experiments.theory")
+PLUGINS = ("byzrsa.cli.reproduce", "byzrsa.cli.tune", "byzrsa.cli.theory")
 
 # Help for the run's own settings; a component's options carry their help in their registry entry.
 HELP: dict[str, str] = {
@@ -160,8 +160,8 @@ def resume_base(resume: str | None) -> Any:
         return None
     from pathlib import Path
 
-    from byzrsa.errors import ConfigError
     from byzrsa.config import load_config
+    from byzrsa.errors import ConfigError
 
     path = Path(resume) / "config.json"
     if not path.is_file():
@@ -265,6 +265,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"byzrsa: error: {exc}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())
