@@ -158,6 +158,15 @@ class Parts:
             return self.attack.label_map(y, self.model.num_classes)
         return y
 
+    def dropout_generators(self, workers: range | list[int]) -> list[torch.Generator] | None:
+        """One "dropout" stream per worker for a model that draws random numbers in training, else None.
+
+        Worker i's masks come from its own stream alone, so a dist worker draws what the simulator's row i draws.
+        """
+        if not getattr(self.model, "stochastic", False):
+            return None
+        return [derive_generator(self.config.seed, "dropout", i) for i in workers]
+
     def aggregator_state(self) -> AggregatorState:
         seed = self.config.seed
         return AggregatorState([derive_generator(seed, f"pre:{entry.name}") for entry, _ in self.chain])

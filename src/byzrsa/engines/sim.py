@@ -45,6 +45,7 @@ class Simulator:
         # Ideal SGD ignores the Byzantine workers altogether.
         self.active = c.workers if problem.needs_own else c.regular
         self.samplers = [problem.sampler(i) for i in range(self.active)]
+        self.dropout = problem.dropout_generators(range(self.active))
         self.attack_context = problem.attack_context(problem.attack_generators(), state={})
         self.aggregator = problem.aggregator_state()
         self.momenta: Tensor | None = None  # (active, d) worker momenta, with --momentum
@@ -88,7 +89,7 @@ class Simulator:
         r = c.regular
         if pb.is_rsa:
             current = self.workers[: self.active]  # stepped in place below
-            grad = pb.model.grad(current, x, y)
+            grad = pb.model.grad(current, x, y, self.dropout)
             penalty = subgradient(current - self.x0, pb.p)  # each worker's pull towards x0
             step = dict(lam=c.lam, p=pb.p, alpha=alpha)
             if c.master_order == "jacobi":
@@ -103,7 +104,7 @@ class Simulator:
                 x0 = rsa_master_step(self.x0, messages, mu=c.mu, **step)
             self.x0 = x0
         else:
-            grad = baseline_message(pb.model.grad(self.x0.expand(self.active, -1), x, y), self.x0, c.mu)
+            grad = baseline_message(pb.model.grad(self.x0.expand(self.active, -1), x, y, self.dropout), self.x0, c.mu)
             grad = self.momenta = momentum_step(self.momenta, grad, c.momentum)
             lies = self._byzantine_messages(grad[:r], grad[r:], self.x0)
             messages = torch.cat([grad[:r], lies]) if lies.shape[0] else grad[:r]

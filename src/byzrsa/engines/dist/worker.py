@@ -126,6 +126,7 @@ class Worker:
         # A data attack trains on poisoned labels (elementwise, so mapping the shard = mapping each batch).
         self.y_shard = self.parts.labels(self.index, spec.y.to(device)) if spec.y is not None else None
         self.momentum: Tensor | None = None
+        self.dropout = self.parts.dropout_generators([self.index]) if self.computes else None
         self.sampler = None
         if self.computes:
             gen = derive_generator(c.seed, "batches", self.index)
@@ -144,6 +145,7 @@ class Worker:
             "x": self.x.cpu() if self.x is not None else None,
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "momentum": self.momentum.cpu() if self.momentum is not None else None,
+            "dropout": [g.get_state() for g in self.dropout] if self.dropout else None,
             "attack": self.attack_gen.get_state() if self.attack_gen is not None else None,
         }
         buf = io.BytesIO()
@@ -154,6 +156,9 @@ class Worker:
         state = torch.load(io.BytesIO(blob), weights_only=True)
         if state["x"] is not None and self.x is not None:
             self.x = state["x"].to(self.device, self.dtype)
+        if state.get("dropout") and self.dropout:
+            for g, saved in zip(self.dropout, state["dropout"]):
+                g.set_state(saved)
         if state.get("momentum") is not None:
             self.momentum = state["momentum"].to(self.device, self.dtype)
         if state["sampler"] is not None and self.sampler is not None:
@@ -166,8 +171,7 @@ class Worker:
         idx = self.sampler.next().to(self.device)
         xb = self.x_shard.index_select(0, idx).unsqueeze(0)
         yb = self.y_shard.index_select(0, idx).unsqueeze(0)
-        _, grad = self.model.loss_grad(w.unsqueeze(0), xb, yb)
-        return grad[0]
+        return self.model.grad(w.unsqueeze(0), xb, yb, self.dropout)[0]
 
     @property
     def sends_first(self) -> bool:
