@@ -14,313 +14,20 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from byzrsa.experiments.plan import Plan, figure_configs, other_order, run_key  # noqa: E402
+from byzrsa.experiments.claims import FINAL_WINDOW, Result, Verdict, check_claim, final_values, load_results, read_run  # noqa: E402,F401
+from byzrsa.experiments.figures import STYLE, draw_figure, save_figure, setting_title  # noqa: E402,F401
+from byzrsa.experiments.plan import Plan, other_order  # noqa: E402
 from byzrsa.experiments.presets import FIGURES, MASTER_ORDER, PAPER_SETTING, Claim, Figure  # noqa: E402
 
 __all__ = ["Result", "Verdict", "final_values", "load_results", "check_claim", "draw_figure", "write_report"]
-
-#: Fraction of the run whose evaluations are averaged into the final accuracy.
-FINAL_WINDOW = 0.1
-
-#: One colour and style per method, the same in every figure.
-STYLE: dict[str, dict[str, Any]] = {
-    "Ideal SGD": {"color": "black", "linestyle": "--"},
-    "SGD": {"color": "0.55", "linestyle": "-"},
-    # GeoMed and Krum often fail onto the same curve: dash them differently so both stay visible.
-    "GeoMed": {"color": "tab:blue", "linestyle": "-."},
-    "Krum": {"color": "tab:orange", "linestyle": (0, (1, 1.5)), "linewidth": 2.0},
-    "Median": {"color": "tab:green", "linestyle": "-"},
-    "RSA": {"color": "tab:red", "linestyle": "-", "linewidth": 2.2},
-    "RSA l1": {"color": "tab:red", "linestyle": "-"},
-    "RSA l2": {"color": "tab:purple", "linestyle": "-"},
-    "RSA linf": {"color": "tab:brown", "linestyle": "-"},
-}
-
-
-@dataclass
-class Result:
-    """One line of a figure, read back from its run folder."""
-
-    label: str
-    key: str
-    rows: list[dict[str, float]]
-    summary: dict[str, Any]
-    config: dict[str, Any]
-
-    @property
-    def final(self) -> dict[str, float]:
-        return final_values(self.rows)
-
-
-@dataclass
-class Verdict:
-    """The outcome of one claim: held (True/False) or not checkable (None), and the numbers behind it."""
-
-    claim: Claim
-    held: bool | None
-    numbers: str
-
-    @property
-    def word(self) -> str:
-        return {True: "held", False: "did not hold", None: "not checked"}[self.held]
-
-
-def final_values(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Final accuracy (mean over the last 10% of iterations), training time and variance of a run's rows."""
-    if not rows:
-        return {"accuracy": math.nan, "time": math.nan, "variance": math.nan, "last_accuracy": math.nan}
-    last = rows[-1]
-    start = last["iteration"] * (1.0 - FINAL_WINDOW)
-    window = [r["accuracy"] for r in rows if r["iteration"] >= start and r["iteration"] > 0] or [last["accuracy"]]
-    return {
-        "accuracy": sum(window) / len(window),
-        "time": last["time"],
-        "variance": last.get("variance", math.nan),
-        "last_accuracy": last["accuracy"],
-        "best_accuracy": max(r["accuracy"] for r in rows),
-    }
-
-
-def _read_run(folder: Path) -> tuple[list[dict[str, float]], dict[str, Any], dict[str, Any]] | None:
-    from byzrsa.experiments.runner import read_metrics
-
-    if not (folder / "summary.json").exists():
-        return None
-    return (
-        read_metrics(folder),
-        json.loads((folder / "summary.json").read_text()),
-        json.loads((folder / "config.json").read_text()),
-    )
-
-
-def load_results(out: Path, plan: Plan) -> dict[str, dict[str, Result]]:
-    """figure -> label -> :class:`Result` for every finished run of the plan (missing runs are left out).
-
-    Figures referenced by a claim (``fig4a:Krum``) but not in the plan are
-    loaded too when their runs exist in ``out`` with the same settings.
-    """
-    wanted = list(plan.figures)
-    for name in plan.figures:
-        for claim in FIGURES[name].claims:
-            for ref in claim.right:
-                if ":" in ref and ref.split(":")[0] not in wanted:
-                    wanted.append(ref.split(":")[0])
-    results: dict[str, dict[str, Result]] = {}
-    for name in wanted:
-        keys = plan.lines.get(name) or {
-            label: run_key(config) for label, config in figure_configs(FIGURES[name], plan.base).items()
-        }
-        results[name] = {}
-        for label, key in keys.items():
-            read = _read_run(out / "runs" / key)
-            if read is not None:
-                results[name][label] = Result(label, key, *read)
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Claims
-# ---------------------------------------------------------------------------------------------
-
-
-def _fmt(value: float, metric: str) -> str:
-    if metric == "time":
-        return f"{value:.2f} ms/it"
-    if metric == "variance":
-        return f"{value:.4g}"
-    return f"{value:.3f}"
-
-
-def check_claim(
-    claim: Claim,
-    figure: str,
-    results: Mapping[str, Mapping[str, Result]],
-    measured: Mapping[str, Mapping[str, float]] | None = None,
-) -> Verdict:
-    """Decide one claim on the final values of the figure's lines (see :class:`byzrsa.experiments.presets.Claim`).
-
-    ``measured`` (metric -> label -> value) replaces the runs' values of the
-    figure's own lines for that metric (the interleaved timing of fig 6).
-    """
-    metric = claim.metric
-    own = results.get(figure, {})
-    override = (measured or {}).get(metric)
-
-    def value(ref: str) -> float | None:
-        fig, _, label = ref.rpartition(":")
-        if override is not None and fig in ("", figure):
-            return override.get(label)
-        line = results.get(fig or figure, {}).get(label)
-        if line is None:
-            return None
-        v = line.final[metric]
-        return v if math.isfinite(v) else None
-
-    def name(ref: str) -> str:
-        return ref.replace(":", " ") if ":" in ref else ref
-
-    refs = [*claim.left, *claim.right]
-    values = {ref: value(ref) for ref in refs}
-    missing = [name(r) for r, v in values.items() if v is None]
-    if claim.op == "interior-peak":
-        return _interior_peak(claim, own)
-    if claim.op == "largest":
-        values = {label: value(label) for label in own}
-        missing = [label for label, v in values.items() if v is None]
-    if missing or (not refs and claim.op != "largest"):
-        return Verdict(claim, None, f"no result for {', '.join(missing) or 'any line'}")
-    shown = ", ".join(f"{name(r)} {_fmt(v, metric)}" for r, v in values.items())
-    op, tol = claim.op, claim.tol
-    if op == "close":
-        gaps = [abs(values[a] - values[b]) for a in claim.left for b in claim.right]
-        held = max(gaps) <= tol
-        return Verdict(claim, held, f"{shown}: gap {max(gaps):.3f} {'<=' if held else '>'} {tol:g}")
-    if op in ("below", "fails"):
-        margins = [values[b] - values[a] for a in claim.left for b in claim.right]
-        held = min(margins) > tol
-        what = f"smallest margin {min(margins):+.3g}" if metric != "time" else f"smallest margin {min(margins):+.3f} ms/it"
-        return Verdict(claim, held, f"{shown}: {what} {'>' if held else '<='} {tol:g}")
-    if op == "similar":
-        span = max(values.values()) - min(values.values())
-        held = span <= tol
-        return Verdict(claim, held, f"{shown}: spread {span:.3f} {'<=' if held else '>'} {tol:g}")
-    if op == "approx":
-        gap = abs(values[claim.left[0]] - claim.value)
-        held = gap <= tol
-        return Verdict(claim, held, f"{shown}: {gap:.3f} from {claim.value:g} ({'<=' if held else '>'} {tol:g})")
-    if op == "largest":
-        target = claim.left[0]
-        others = {k: v for k, v in values.items() if k != target}
-        held = target in values and all(values[target] > v for v in others.values())
-        ranked = sorted(values.items(), key=lambda kv: -kv[1])
-        return Verdict(claim, held, ", ".join(f"{k} {_fmt(v, metric)}" for k, v in ranked))
-    raise ValueError(f"unknown claim op {op!r}")
-
-
-def _lambda_of(label: str) -> float:
-    match = re.search(r"lambda=([0-9.eE+-]+)", label)
-    return float(match.group(1)) if match else math.nan
-
-
-def _interior_peak(claim: Claim, own: Mapping[str, Result]) -> Verdict:
-    points = sorted((_lambda_of(label), r.final["accuracy"]) for label, r in own.items())
-    if len(points) < 3:
-        return Verdict(claim, None, "fewer than three lambdas have results")
-    best = max(range(len(points)), key=lambda i: points[i][1])
-    lo, hi, top = points[0][1], points[-1][1], points[best][1]
-    held = 0 < best < len(points) - 1 and lo < top - claim.tol and hi < top - claim.tol
-    numbers = ", ".join(f"{lam:g}: {acc:.3f}" for lam, acc in points)
-    return Verdict(
-        claim, held,
-        f"best lambda {points[best][0]:g} ({top:.3f}); smallest lambda {lo:.3f}, largest {hi:.3f} [{numbers}]",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------------
-
-
-def _setting_title(figure: Figure, dataset: str) -> str:
-    fixed = figure.fixed
-    q = fixed.get("byzantine", 0)
-    split = "iid" if fixed.get("split") == "iid" else "heterogeneous (by digit)"
-    attack = {
-        "none": "no attack",
-        "same-value": f"same-value attack c={fixed.get('attack.c', 100):g}",
-        "sign-flip": f"sign-flip attack sigma={fixed.get('attack.sigma', -4):g}",
-        "copy": "copy attack (regular worker 1)",
-    }[fixed.get("attack", "none")]
-    return f"{figure.name}: {dataset}, {split}, q={q}, {attack}"
-
-
-def _style(label: str) -> dict[str, Any]:
-    return {"linewidth": 1.6, **STYLE.get(label, {})}
-
-
-def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return paths
-
-
-def _accuracy_axes(ax: Any, lines: Mapping[str, Result], x: str) -> None:
-    for label, r in lines.items():
-        ax.plot([row[x] for row in r.rows], [row["accuracy"] for row in r.rows], label=label, **_style(label))
-    finals = [r.final["accuracy"] for r in lines.values() if math.isfinite(r.final["accuracy"])]
-    # The paper's axes show the range where the curves end; keep 0 visible when a method fails.
-    low = 0.0 if not finals or min(finals) < 0.5 else math.floor((min(finals) - 0.15) * 10) / 10
-    ax.set_ylim(low, 1.0)
-    ax.set_ylabel("top-1 test accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-
-
-def draw_figure(figure: Figure, lines: Mapping[str, Result], folder: Path, dataset: str) -> list[Path]:
-    """Draw the panel(s) of ``figure`` from its results into ``folder`` (PNG and SVG each); return the paths."""
-    title = _setting_title(figure, dataset)
-    paths: list[Path] = []
-    if figure.kind == "lambda":
-        points = sorted((_lambda_of(label), r.final["accuracy"]) for label, r in lines.items())
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:red", label="RSA (l1)")
-            for i, (lam, acc) in enumerate(points):
-                ax.annotate(f"{acc:.3f}", (lam, acc), textcoords="offset points", xytext=(0, 7 if i % 2 == 0 else -13),
-                            ha="center", fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel("lambda")
-        ax.set_ylabel("final top-1 test accuracy")
-        finals = [p[1] for p in points]
-        ax.set_ylim(0.0 if not finals or min(finals) < 0.5 else math.floor((min(finals) - 0.1) * 10) / 10, 1.0)
-        ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="lower right")
-        ax.set_title(title, fontsize=9)
-        return _save(fig, folder, figure.name)
-    x = "time" if figure.kind == "runtime" else "iteration"
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    if x == "time":  # log axis: the methods' times differ by an order of magnitude (the paper's point)
-        lines = {label: Result(r.label, r.key, [row for row in r.rows if row["time"] > 0], r.summary, r.config)
-                 for label, r in lines.items()}
-        ax.set_xscale("log")
-    _accuracy_axes(ax, lines, x)
-    ax.set_xlabel("training time (s, log scale)" if x == "time" else "iteration k")
-    ax.set_title(title, fontsize=9)
-    stem = figure.name + ("a" if figure.kind == "norms" else "")
-    paths += _save(fig, folder, stem)
-    if figure.kind == "norms":
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for label, r in lines.items():
-            rows = [row for row in r.rows if row["iteration"] > 0 and row.get("variance", 0) > 0]
-            ax.plot([row["iteration"] for row in rows], [row["variance"] for row in rows], label=label, **_style(label))
-        ax.set_yscale("log")
-        ax.set_xlabel("iteration k")
-        ax.set_ylabel("variance of regular workers' local iterates")
-        ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="best")
-        ax.set_title(title, fontsize=9)
-        paths += _save(fig, folder, figure.name + "b")
-    return paths
-
-
-# ---------------------------------------------------------------------------------------------
-# Explanations of claims that do not hold (PROTOCOL.md, "Things to know before judging results")
-# ---------------------------------------------------------------------------------------------
 
 
 def symmetry_evidence(dataset: str, data_dir: str | None, pixels: str = "raw", c: float = 100.0) -> dict[str, float]:
@@ -681,10 +388,10 @@ def _order_section(out: Path, plan: Plan) -> str:
     diffs = []
     for name, labels in plan.other_order.items():
         for label, key in labels.items():
-            mine = _read_run(out / "runs" / plan.lines[name][label])
-            theirs = _read_run(out / "runs" / key)
+            mine = read_run(out / "runs" / plan.lines[name][label])
+            theirs = read_run(out / "runs" / key)
             ideal_key = plan.lines[name].get("Ideal SGD")
-            ideal = _read_run(out / "runs" / ideal_key) if ideal_key else None
+            ideal = read_run(out / "runs" / ideal_key) if ideal_key else None
             if mine is None or theirs is None:
                 continue
             a, b = final_values(mine[0])["accuracy"], final_values(theirs[0])["accuracy"]
@@ -716,3 +423,4 @@ def _timing_text(out: Path, plan: Plan, timing: Mapping[str, float] | None) -> s
             + "); runs finished by an earlier invocation were not rerun."
         )
     return text
+
