@@ -680,3 +680,18 @@ def test_krum_tie_break_on_identical_float32_rows():
     x[2] = math.inf
     x[3] = math.inf
     assert torch.isinf(krum_scores(x, 1)[2:4]).all()
+
+
+@pytest.mark.parametrize("name", ["krum", "multi-krum", "geomed", "median", "trimmed-mean", "mean"])
+@pytest.mark.parametrize("a", [1e-30, 1e-23, 1e19, 1e30])
+def test_scale_equivariance_at_extreme_float32_scales(name, a):
+    """Issue 8: squared distances under/overflowed in float32 below ~1e-22 and above ~1e19 (Krum chose
+    another row; geomed returned its start after 0 iterations). Rows are rescaled by an exact power of two."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 6, generator=gen)
+    rule = RULES[name]
+    expected = rule(x, 2)
+    got = rule(a * x, 2) / a
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
+    if name == "geomed":
+        assert geometric_median_with_info(a * x)[1] == geometric_median_with_info(x)[1] > 0

@@ -101,3 +101,25 @@ def _non_finite_rows(x: Tensor) -> Tensor:
     # isfinite(x).all(1). (A finite row whose sum overflows is flagged too: its entries
     # exceed max/d, so its squared norm overflows anyway.)
     return ~torch.isfinite(x.sum(dim=1))
+
+
+# Squared distances of float32 rows under/overflow when entries leave about [1e-19, 1e19]; inside
+# [2^-40, 2^40] they are safe in every floating dtype byzrsa uses.
+_SAFE = (2.0**-40, 2.0**40)
+
+
+def power_of_two_scale(x: Tensor, bad: Tensor) -> float | None:
+    """A power of two near the largest finite entry of ``x``, when squares of the data could under/overflow.
+
+    Dividing by a power of two is exact (no rounding), so a rule that works on
+    ``x / scale`` and maps its result back is scale-equivariant at every scale
+    its dtype can represent, not only where squared distances stay finite.
+    None when the data are in the safe range (the usual case: no extra pass).
+    """
+    good = x[~bad] if bool(bad.any()) else x
+    if good.numel() == 0:
+        return None
+    peak = float(good.abs().amax())
+    if peak == 0.0 or _SAFE[0] <= peak <= _SAFE[1]:
+        return None
+    return 2.0 ** math.floor(math.log2(peak))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from byzrsa.aggregators._common import _check_matrix, _non_finite_rows
+from byzrsa.aggregators._common import _check_matrix, _non_finite_rows, power_of_two_scale
 from byzrsa.aggregators.coordinate import median
 from byzrsa.errors import ConfigError, config_int
 
@@ -127,6 +127,10 @@ def geometric_median_with_info(x: Tensor, tol: float = 1e-7, max_iter: int = 100
         if bool(bad.all()):
             return x.mean(dim=0), 0
         x = x[~bad]
+    scale = power_of_two_scale(x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
+    if scale is not None:  # exact rescaling: squared distances neither underflow nor overflow
+        z, iterations = geometric_median_with_info(x / scale, tol=tol, max_iter=max_iter)
+        return z * scale, iterations
     c = median(x)
     y = x - c
     # Not vector_norm(y, dim=1) ** 2: in float32 it accumulates with ~1e-4 relative error at

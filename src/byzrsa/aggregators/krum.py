@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from byzrsa.aggregators._common import _check_f, _check_krum, _check_matrix, _non_finite_rows, _rows_mean
+from byzrsa.aggregators._common import _check_f, _check_krum, _check_matrix, _non_finite_rows, _rows_mean, power_of_two_scale
 from byzrsa.errors import ConfigError, config_int
 
 __all__ = ["krum", "multi_krum", "krum_scores"]
@@ -83,6 +83,9 @@ def _krum_scores(x: Tensor, f: int) -> tuple[Tensor, Tensor]:
     # identity loses about eps * (||a||^2 + ||b||^2), so centring on a row of the dense
     # cluster keeps its small distances accurate whatever the translation of the data
     # (e.g. same-value attackers at 100 while the regular gradients differ by 1e-2).
+    scale = power_of_two_scale(x, bad)
+    if scale is not None:  # exact rescaling keeps the squared distances finite and normal
+        x = x / scale
     rep = _duplicate_of(x, bad)
     scores = _scores_from(_with_duplicates(_pairwise_sq_dists(x, bad), rep), f, bad)
     centre = int(_ranking(scores, bad)[0])
