@@ -176,7 +176,10 @@ def get_method(name: str) -> Method:
     if name in RULES:
         rule = RULES[name]
         return Method(name, aggregation_step, rule.label, rule.help, options=rule.options, rule=name)
-    raise ConfigError(f"unknown method {name!r}: choose one of {', '.join(method_names())}")
+    from byzrsa.preaggregators import PRE_AGGREGATORS
+
+    hint = f" ({name} is a pre-aggregator: add --pre {name} to a rule)" if name in PRE_AGGREGATORS else ""
+    raise ConfigError(f"unknown method {name!r}{hint}: choose one of {', '.join(method_names())}")
 
 
 def method_names() -> tuple[str, ...]:
