@@ -241,7 +241,7 @@ def _resolve(c: RunConfig) -> tuple[RunConfig, Method, Rule | None, tuple[tuple[
     rule = RULES[method.rule] if method.rule is not None else None
     if rule is None and c.method_options:
         raise ConfigError(f"method {c.method!r} has no options (RSA is set by --norm, --lam, --master-order)")
-    rule_options = rule.resolve(c.method_options, f"method {c.method!r}:") if rule is not None else {}
+    rule_options = rule.resolve(c.method_options, "method") if rule is not None else {}
     if c.pre and method.is_rsa:
         raise ConfigError("pre-aggregators apply to the messages of gradient-aggregation methods, not to RSA")
     if c.momentum and method.is_rsa:
