@@ -299,3 +299,59 @@ def test_nccl_needs_cuda():
 
     with pytest.raises(ByzrsaError, match="nccl"):
         validate(config(engine="dist", backend="nccl", device="cpu"))
+
+
+# ----------------------------------------------------------------------------- issue 8 regressions
+
+
+def test_forwarded_rows_follow_worker_indices_when_a_worker_is_missing():
+    """The copy attack names a regular worker; after worker 0 dies, row r must still be worker r's message."""
+    from byzrsa.engines.dist.master import Master
+
+    master = Master.__new__(Master)  # only the forwarding view, no processes
+    master.config = config(workers=5, byzantine=1)
+    master.problem = build_problem(master.config.replace(engine="sim"))
+    master.d = 3
+    master.last_regular = {}
+    rows = {w: torch.full((3,), float(w + 1), dtype=torch.float64) for w in range(4)}
+    assert master._regular_view(rows)[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    del rows[0]  # worker 0 is dead: its row keeps its last message, the others stay in place
+    rows = {w: v + 10 for w, v in rows.items()}
+    assert master._regular_view(rows)[:, 0].tolist() == [1.0, 12.0, 13.0, 14.0]
+
+
+def test_copy_attack_with_a_dead_worker_copies_the_named_worker(tmp_path, monkeypatch):
+    monkeypatch.setenv(engine.FAULTS_ENV, "0:3:exit")
+    c = config(method="rsa", attack="copy", **{"attack.copy_from": 2}, workers=5, byzantine=1, timeout=5)
+    summary = run(c.replace(engine="dist"), tmp_path / "copy")
+    assert [d["worker"] for d in summary["dead_workers"]] == [0] and summary["iterations"] == ITERATIONS
+
+
+BROKEN_RULE = '''
+from byzrsa.aggregators import RULES, Rule
+
+
+def broken(x):
+    raise RuntimeError("a bug inside the rule")
+
+
+if "toy-broken" not in RULES:
+    RULES.register(Rule("toy-broken", broken, "Broken", "raises"))
+'''
+
+
+def test_a_rule_bug_is_raised_not_skipped(tmp_path, monkeypatch):
+    """Only the rule's documented too-few-rows ConfigError skips a step; any other error ends the run."""
+    (tmp_path / "toy_broken.py").write_text(BROKEN_RULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    import toy_broken  # noqa: F401  (registers the rule here; the workers import it through `plugins`)
+
+    c = config(method="toy-broken", plugins="toy_broken", attack="none")
+    try:
+        with pytest.raises(RuntimeError, match="a bug inside the rule"):
+            run(c.replace(engine="dist"))
+    finally:
+        from byzrsa.aggregators import RULES
+
+        RULES.unregister("toy-broken")
