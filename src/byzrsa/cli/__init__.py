@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 from typing import Any
 
@@ -17,7 +18,7 @@ from byzrsa.errors import ByzrsaError
 __all__ = ["main", "add_config_flags", "config_from_args"]
 
 # Subcommands that live in their own modules: each module has register(subparsers).
-PLUGINS = ("byzrsa.cli.reproduce", "byzrsa.cli.tune", "byzrsa.cli.theory")
+PLUGINS = ("byzrsa.cli.reproduce", "byzrsa.cli.tune", "byzrsa.cli.theory", "byzrsa.cli.bench")
 
 # Help for the run's own settings; a component's options carry their help in their registry entry.
 HELP: dict[str, str] = {
@@ -36,9 +37,10 @@ HELP: dict[str, str] = {
     "dataset": "mnist-sample (offline), mnist, fashion-mnist, digits or synthetic",
     "data_dir": "folder holding the dataset's IDX files (mnist, fashion-mnist)",
     "pixels": "raw (0..255, the paper's) or unit ([0, 1])",
-    "split": "iid, by-label (the paper's heterogeneous split), dirichlet or natural (synthetic)",
+    "split": "iid, by-label (the paper's heterogeneous split), dirichlet, natural (synthetic) or sorted-shards",
     "dirichlet_alpha": "dirichlet split: concentration alpha (smaller = more heterogeneous)",
     "heterogeneity": "synthetic data: how much the workers' distributions differ, in [0, 1]",
+    "validation": "fraction of the training data held out as a validation set, reported in place of the test set (tuning)",
     "model": "model",
     "workers": "number m of workers, regular and Byzantine",
     "batch_size": "minibatch size per worker per iteration",
@@ -183,7 +185,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         args.out = args.resume
     try:
-        summary = run(config, args.out, quiet=args.quiet, resume=args.resume)
+        summary = run(config, args.out, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
         where = f"; partial results are in {args.out}" if args.out else ""
         print(f"byzrsa: interrupted{where}", file=sys.stderr)
@@ -241,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the checkpointed dist run in results folder DIR (its config.json and checkpoint.pt); "
         "results go to DIR unless --out is given",
     )
+    run_parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     run_parser.add_argument("--list", action="store_true", help="print every component with its options and exit")
     run_parser.set_defaults(handler=_cmd_run)
     list_parser = sub.add_parser("list", help="every method, pre-aggregator, attack and model with its options")
@@ -256,12 +259,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP (batch schedulers, a closed terminal) end a command the way Ctrl-C does.
+
+    The KeyboardInterrupt they raise runs the same clean-up: child processes
+    are ended and every results folder says ``interrupted``.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))}
+    _interrupt_on_termination()
     try:
         return int(args.handler(args) or 0)
     except ByzrsaError as exc:
         print(f"byzrsa: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in previous.items():  # main() called from Python leaves the caller's handlers as they were
+            signal.signal(sig, handler)
 

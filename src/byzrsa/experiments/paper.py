@@ -21,7 +21,8 @@ from typing import Any
 
 from byzrsa.config import RunConfig
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.plan import base_settings, plan, resolve_figures
+from byzrsa.experiments.folders import atomic_write_text, run_state
+from byzrsa.experiments.plan import Plan, base_settings, plan, resolve_figures
 from byzrsa.experiments.presets import FIGURES, PAPER_SETTING
 
 __all__ = ["execute", "is_done", "run_folder", "reproduce"]
@@ -55,14 +56,12 @@ def run_folder(out: Path, key: str) -> Path:
 
 
 def is_done(out: Path, key: str) -> bool:
-    """A run is finished when its folder holds a summary of an uninterrupted run."""
-    path = run_folder(out, key) / "summary.json"
-    if not path.exists():
-        return False
-    try:
-        return not json.loads(path.read_text()).get("interrupted", False)
-    except ValueError:
-        return False
+    """A stored run is trusted only when :func:`~byzrsa.experiments.folders.run_state` says ``completed``.
+
+    A missing, truncated, unparsable or non-completed summary, or a metrics.csv
+    that stops short of the run's iterations, means the run is redone.
+    """
+    return run_state(run_folder(out, key)) == "completed"
 
 
 def execute_one(key: str, config_json: str, out: str) -> dict[str, Any]:
@@ -85,9 +84,11 @@ def execute_one(key: str, config_json: str, out: str) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():  # another process finished the same run first
+    if final.exists() and run_state(final) == "completed":  # another process finished the same run first
         shutil.rmtree(tmp, ignore_errors=True)
     else:
+        if final.exists():  # a corrupt or unfinished copy: this run replaces it
+            shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     return summary
 
@@ -138,24 +139,37 @@ def execute(
         return _execute(runs, out, root, jobs=jobs, quiet=quiet, extra=extra)
 
 
+_HELD: set[str] = set()  # results folders whose lock this process holds
+
+
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
-    """Hold ``out/.lock`` so that two invocations never share (and clean up) one results folder."""
+    """Hold ``out/.lock`` so that two invocations never share (and clean up) one results folder.
+
+    Re-entrant within one process (reproduce holds it around execute).
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no locking
         yield
         return
-    with open(out / ".lock", "w") as handle:
+    key = str(out.resolve())
+    if key in _HELD:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise ConfigError(
                 f"another byzrsa reproduce/tune is running in {out}; wait for it or use another --out"
             ) from None
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -294,7 +308,6 @@ def reproduce(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run, draw and report the chosen figures (and the theory checks); return a summary dict."""
-    from byzrsa.experiments import report
 
     out = Path(out)
     names = resolve_figures(figures)
@@ -310,8 +323,18 @@ def reproduce(
     for config in {(c.dataset, c.pixels, c.data_dir): c for c in pending}.values():
         _dataset_for(config)
     _DATASETS.clear()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(the_plan.to_json() + "\n")
+    with _exclusive(out):  # a refused concurrent invocation writes nothing, not even plan.json
+        return _reproduce_locked(the_plan, names, out, dataset=dataset, data_dir=data_dir, quick=quick,
+                                 iterations=iterations, jobs=jobs, quiet=quiet)
+
+
+def _reproduce_locked(
+    the_plan: Plan, names: list[str], out: Path, *, dataset: str, data_dir: str | None, quick: bool,
+    iterations: int | None, jobs: int | None, quiet: bool,
+) -> dict[str, Any]:
+    from byzrsa.experiments import report
+
+    atomic_write_text(out / "plan.json", the_plan.to_json() + "\n")
     started = time.perf_counter()
     extra: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
     theory_result = None

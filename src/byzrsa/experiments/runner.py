@@ -8,8 +8,9 @@ a valid file), ``summary.json`` and ``accuracy.png``.
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.data import Dataset
 from byzrsa.engines.common import build_problem, validate
 from byzrsa.errors import ConfigError
+from byzrsa.experiments.folders import atomic_path, atomic_write_text, claim_folder, release_folder
 from byzrsa.experiments.plots import plot_curves
 from byzrsa.methods import get_method
 from byzrsa.penalties import norm_name, parse_norm
@@ -65,8 +67,13 @@ def run(
     quiet: bool = True,
     dataset: Dataset | None = None,
     resume: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train as ``config`` says; return the summary (and write the results folder if ``out`` is given).
+
+    ``out`` must be new or empty unless ``overwrite`` (replace the run there) or
+    ``resume``; its ``summary.json`` says ``completed``, ``interrupted`` or
+    ``failed`` (see :mod:`byzrsa.experiments.folders`).
 
     Raises :class:`byzrsa.errors.ByzrsaError` for an impossible config or
     missing data, before any training. ``KeyboardInterrupt`` is re-raised after
@@ -78,6 +85,7 @@ def run(
     elif not isinstance(config, RunConfig):
         raise ConfigError(f"run() takes a RunConfig or a mapping of settings, got {type(config).__name__}")
     config = validate(config)  # every component's options filled in: what config.json records
+    threads_before = torch.get_num_threads()  # the caller's thread count is restored at the end
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     out_dir = Path(out) if out is not None else None
@@ -86,14 +94,16 @@ def run(
     started = time.perf_counter()
     progress = None
     writer = handle = None
-    interrupted = False
+    status, error = "completed", None
     stream = None
+    created = out_dir is not None and not out_dir.exists()
+    if out_dir is not None:  # before any work: a folder holding another run is refused here
+        claim_folder(out_dir, overwrite=overwrite, resume=resume is not None)
     try:
         stream = _rows(config, dataset, extra, out_dir, Path(resume) if resume is not None else None)
         first = next(stream)  # builds the problem: every input error surfaces here, before training
         if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.json").write_text(config.to_json() + "\n")
+            atomic_write_text(out_dir / "config.json", config.to_json() + "\n")
             handle = open(out_dir / "metrics.csv", "w", newline="")
             writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             writer.writeheader()
@@ -109,21 +119,29 @@ def run(
             if progress is not None:
                 progress.update(int(row["iteration"]) - progress.n)
                 progress.set_postfix(acc=f"{row['accuracy']:.4f}")
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP through the CLI's handler
+        status = "interrupted"
+        raise
+    except BaseException as exc:
+        status, error = "failed", (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise
     finally:
+        torch.set_num_threads(threads_before)
         if stream is not None:
             stream.close()  # ends the engine now (the dist engine's processes), not at garbage collection
         if progress is not None:
             progress.close()
         if handle is not None:
             handle.close()
-        if rows:
-            summary = _summary(config, rows, time.perf_counter() - started, interrupted, extra)
-            if out_dir is not None:
-                (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-                plot_curves({describe(config): rows}, out_dir / "accuracy.png", title=_title(config))
+        summary = _summary(config, rows, time.perf_counter() - started, status, error, extra) if rows else None
+        if out_dir is not None:
+            if rows:
+                plot = out_dir / "accuracy.png"
+                plot_curves({describe(config): rows}, atomic_path(plot), title=_title(config))
+                os.replace(atomic_path(plot), plot)
+            release_folder(out_dir, summary)
+            if created and not rows:  # failed before anything was written: leave no folder behind
+                shutil.rmtree(out_dir, ignore_errors=True)
     return summary
 
 
@@ -138,7 +156,7 @@ def _title(c: RunConfig) -> str:
 
 
 def _summary(
-    config: RunConfig, rows: list[dict[str, float]], wall: float, interrupted: bool, extra: dict[str, Any]
+    config: RunConfig, rows: list[dict[str, float]], wall: float, status: str, error: str | None, extra: dict[str, Any]
 ) -> dict[str, Any]:
     accuracies = [r["accuracy"] for r in rows]
     last = rows[-1]
@@ -159,7 +177,9 @@ def _summary(
         "train_seconds": last["time"],
         "seconds_per_iteration": last["time"] / done if done else None,
         "wall_seconds": wall,
-        "interrupted": interrupted,
+        "status": status,
+        **({"error": error} if error else {}),
+        "interrupted": status == "interrupted",
         "engine": config.engine,
         **extra,
     }
