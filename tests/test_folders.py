@@ -184,3 +184,26 @@ def test_refused_concurrent_reproduce_writes_nothing(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("settings", [
+    dict(method="rsa", norm="l2", attack="mimic"),
+    dict(method="cclip", pre="bucketing", momentum=0.9, attack="alie"),
+    dict(method="median", attack="gaussian"),
+])
+def test_sim_resume_equals_the_uninterrupted_run(tmp_path, settings):
+    """Issue 9: a checkpointed simulator run resumed from its folder follows the uninterrupted trajectory exactly."""
+    import torch
+
+    base = dict(dataset="synthetic", workers=6, byzantine=1, batch_size=4, iterations=40, eval_every=10,
+                dtype="float64", lr=0.05, checkpoint_every=20, **settings)
+    whole = run(base, tmp_path / "whole")
+    part = tmp_path / "part"
+    run({**base, "iterations": 20}, part)  # stops at the checkpoint of iteration 20 ...
+    resumed = run(base, part, resume=part)  # ... and continues to 40
+    assert resumed["status"] == "completed" and resumed["iterations"] == 40
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["sim"]
+    b = torch.load(part / "checkpoint.pt", weights_only=False)["sim"]
+    assert torch.equal(a["x0"], b["x0"]) and a["k"] == b["k"] == 40
+    for key in ("final_accuracy", "final_train_loss"):
+        assert whole[key] == resumed[key]

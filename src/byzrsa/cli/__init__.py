@@ -54,7 +54,7 @@ HELP: dict[str, str] = {
     "backend": "dist engine: gloo or nccl",
     "timeout": "dist engine: seconds before a silent worker is declared dead",
     "plugins": "comma-separated Python modules to import first: they register their own rules, attacks, models",
-    "checkpoint_every": "dist engine: checkpoint the master every N iterations into --out (0: never); see --resume",
+    "checkpoint_every": "checkpoint the run every N iterations into --out (0: never); continue it with --resume",
 }
 
 
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     run_parser.add_argument(
         "--resume", metavar="DIR",
-        help="continue the checkpointed dist run in results folder DIR (its config.json and checkpoint.pt); "
+        help="continue the checkpointed run in results folder DIR (its config.json and checkpoint.pt); "
         "results go to DIR unless --out is given",
     )
     run_parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out")

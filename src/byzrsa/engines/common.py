@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from byzrsa.aggregators import RULES, Rule, check_rule
 from byzrsa.attacks import Attack, AttackContext, check_attack, get_attack
 from byzrsa.config import RunConfig, check_settings
 from byzrsa.data import SCHEMES, SOURCES, Dataset, load_dataset, partition
+from byzrsa.data.validation import validation_split
 from byzrsa.errors import ConfigError
 from byzrsa.methods import Method, aggregation_step, get_method, rsa_master_step
 from byzrsa.models import MODELS, Model, build_model, evaluate
@@ -31,6 +33,8 @@ from byzrsa.penalties import parse_norm
 from byzrsa.preaggregators import PRE_AGGREGATORS, PreAggregator, apply_chain, check_chain
 
 __all__ = [
+    "CHECKPOINT_NAME",
+    "config_identity",
     "Parts",
     "Problem",
     "AggregatorState",
@@ -42,6 +46,21 @@ __all__ = [
     "local_variance",
     "BATCH_BLOCK",
 ]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+# Config fields that do not change the trajectory (or may differ between machines and runs).
+LOCAL_FIELDS = frozenset(
+    {"data_dir", "device", "threads", "engine", "timeout", "checkpoint_every", "eval_every", "iterations"}
+)
+
+
+def config_identity(config: RunConfig) -> dict[str, Any]:
+    """The config fields that define the trajectory (every field but :data:`LOCAL_FIELDS`), JSON-safe."""
+    from byzrsa import __version__
+
+    settings = json.loads(config.to_json())  # non-finite numbers as strings, as a JSON round trip gives them
+    return {"byzrsa": __version__, **{k: v for k, v in sorted(settings.items()) if k not in LOCAL_FIELDS}}
+
 
 # Minibatch indices are drawn this many iterations at a time (one randint call per block).
 BATCH_BLOCK = 64
@@ -362,9 +381,12 @@ def build_problem(config: RunConfig, dataset: Dataset | None = None) -> Problem:
             heterogeneity=config.heterogeneity,
         )
     parts = build_parts(config, tuple(dataset.train_x.shape[1:]), dataset.num_classes)
+    if config.validation:  # tuning: the test set is replaced by samples held out of the training set
+        dataset = validation_split(dataset, config.validation)
     groups = dataset.train_groups.numpy() if dataset.train_groups is not None else None
     shards = partition(
-        dataset.train_y.numpy(), config.workers, config.split, config.seed, alpha=config.dirichlet_alpha, groups=groups
+        dataset.train_y.numpy(), config.workers, config.split, config.seed, alpha=config.dirichlet_alpha, groups=groups,
+        byzantine=config.byzantine,
     )
 
     def prepare(x: Tensor) -> Tensor:

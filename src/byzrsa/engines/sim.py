@@ -9,13 +9,17 @@ of :mod:`byzrsa.methods`, the same functions the distributed engine calls.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from byzrsa.engines.common import Problem
+from byzrsa.engines.common import CHECKPOINT_NAME, Problem, config_identity
+from byzrsa.errors import ConfigError
 from byzrsa.methods import (
     aggregation_step,
     baseline_message,
@@ -110,15 +114,56 @@ class Simulator:
             messages = torch.cat([grad[:r], lies]) if lies.shape[0] else grad[:r]
             self.x0 = aggregation_step(self.x0, messages, lambda m: pb.aggregate(m, self.aggregator), alpha=alpha)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the rest of the trajectory depends on (see :func:`simulate`'s checkpoints)."""
+        return {
+            "k": self.k,
+            "x0": self.x0.cpu(),
+            "workers": self.workers.cpu() if self.workers is not None else None,
+            "momenta": self.momenta.cpu() if self.momenta is not None else None,
+            "samplers": [sampler.state_dict() for sampler in self.samplers],
+            "indices": self._indices.cpu(),
+            "row": self._row,
+            "attack_generators": [g.get_state() for g in self.attack_context.generators],
+            "attack_state": self.attack_context.state,
+            "aggregator": self.aggregator.state_dict(),
+            "dropout": [g.get_state() for g in self.dropout] if self.dropout else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device, dtype = self.problem.device, self.problem.dtype
+        self.k, self._row = int(state["k"]), int(state["row"])
+        self.x0 = state["x0"].to(device, dtype)
+        if state["workers"] is not None:
+            self.workers = state["workers"].to(device, dtype)
+        self.momenta = state["momenta"].to(device, dtype) if state["momenta"] is not None else None
+        for sampler, saved in zip(self.samplers, state["samplers"]):
+            sampler.load_state_dict(saved)
+        self._indices = state["indices"].to(device)
+        for g, saved in zip(self.attack_context.generators, state["attack_generators"]):
+            g.set_state(saved)
+        self.attack_context.state = state["attack_state"]
+        self.aggregator.load_state_dict(state["aggregator"])
+        for g, saved in zip(self.dropout or [], state["dropout"] or []):
+            g.set_state(saved)
+
     def metrics(self) -> dict[str, float]:
         locals_ = self.workers[: self.problem.config.regular] if self.problem.is_rsa else None
         return self.problem.metrics(self.x0, locals_)
 
 
-def simulate(problem: Problem) -> Iterator[dict[str, float]]:
+def simulate(
+    problem: Problem, *, checkpoint_dir: Path | None = None, resume: Path | None = None
+) -> Iterator[dict[str, float]]:
     """Run ``problem`` and yield a metrics row at k = 0, every ``eval_every`` iterations, and at the end.
 
     ``time`` is the training time so far, evaluations excluded.
+
+    Checkpoints: with ``checkpoint_every`` set and a ``checkpoint_dir``, the
+    whole simulator state (:meth:`Simulator.state_dict`) and the rows so far go
+    to ``checkpoint_dir/checkpoint.pt`` (atomically) every that many
+    iterations; ``resume`` (a folder holding one) continues from it, first
+    yielding the stored rows, and the trajectory is the uninterrupted one.
 
     Threads: with ``threads`` unset, a CPU run uses one torch thread (restored
     afterwards). The simulator's tensors are small (the paper's step touches a
@@ -132,10 +177,17 @@ def simulate(problem: Problem) -> Iterator[dict[str, float]]:
         torch.set_num_threads(1)
     try:
         sim = Simulator(problem)
-        train_seconds = 0.0
-        yield {"iteration": 0, **sim.metrics(), "time": 0.0}
+        rows: list[dict[str, float]] = []
+        if resume is not None:
+            rows = _load_checkpoint(sim, resume)
+        else:
+            rows.append({"iteration": 0, **sim.metrics(), "time": 0.0})
+        yield from rows
+        train_seconds = rows[-1]["time"]
         while sim.k < c.iterations:
-            stop = min(sim.k + c.eval_every, c.iterations)
+            stop = min(sim.k + c.eval_every - sim.k % c.eval_every, c.iterations)
+            if c.checkpoint_every and checkpoint_dir is not None:
+                stop = min(stop, sim.k + c.checkpoint_every - sim.k % c.checkpoint_every)
             start = time.perf_counter()
             with torch.no_grad():
                 while sim.k < stop:
@@ -143,6 +195,39 @@ def simulate(problem: Problem) -> Iterator[dict[str, float]]:
             if problem.device.type == "cuda":
                 torch.cuda.synchronize(problem.device)
             train_seconds += time.perf_counter() - start
-            yield {"iteration": sim.k, **sim.metrics(), "time": train_seconds}
+            if sim.k % c.eval_every == 0 or sim.k == c.iterations:
+                rows.append({"iteration": sim.k, **sim.metrics(), "time": train_seconds})
+                yield rows[-1]
+            if c.checkpoint_every and checkpoint_dir is not None and sim.k % c.checkpoint_every == 0:
+                _save_checkpoint(sim, rows, train_seconds, checkpoint_dir)
     finally:
         torch.set_num_threads(previous)
+
+
+def _save_checkpoint(sim: Simulator, rows: list[dict[str, float]], train_seconds: float, folder: Path) -> None:
+    state = {"format": 1, "engine": "sim", "identity": config_identity(sim.problem.config), "rows": rows,
+             "train_seconds": train_seconds, "sim": sim.state_dict()}
+    path = folder / CHECKPOINT_NAME
+    tmp = path.with_name(f".{CHECKPOINT_NAME}.tmp")
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(sim: Simulator, folder: Path) -> list[dict[str, float]]:
+    path = folder / CHECKPOINT_NAME if folder.is_dir() else folder
+    try:
+        state = torch.load(path, weights_only=False)  # our own file: attack state may hold any picklable value
+        saved_identity = state["identity"]
+    except FileNotFoundError:
+        raise ConfigError(f"--resume: no {CHECKPOINT_NAME} in {folder} (was checkpoint_every set?)") from None
+    except Exception as exc:  # a truncated or foreign file
+        raise ConfigError(f"--resume: cannot read {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    if state.get("engine") != "sim":
+        raise ConfigError(f"--resume: {path} is a checkpoint of the {state.get('engine', 'dist')} engine; add --engine dist")
+    mine = config_identity(sim.problem.config)
+    if saved_identity != mine:
+        diff = sorted(k for k in set(mine) | set(saved_identity) if mine.get(k) != saved_identity.get(k))
+        raise ConfigError(f"--resume: the checkpoint in {folder} is of a different run (differs in {', '.join(diff)})")
+    sim.load_state_dict(state["sim"])
+    return [dict(r) for r in state["rows"]]

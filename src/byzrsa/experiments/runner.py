@@ -47,8 +47,6 @@ def describe(config: RunConfig) -> str:
 def _rows(
     config: RunConfig, dataset: Dataset | None, extra: dict[str, Any], out_dir: Path | None, resume: Path | None
 ) -> Iterator[dict[str, float]]:
-    if resume is not None and config.engine != "dist":
-        raise ConfigError("--resume continues a checkpointed run of the dist engine: add --engine dist")
     problem = build_problem(config, dataset)
     if config.engine == "dist":
         from byzrsa.engines.dist import run_local  # imported lazily: it pulls in torch.distributed
@@ -57,7 +55,7 @@ def _rows(
     else:
         from byzrsa.engines.sim import simulate
 
-        yield from simulate(problem)
+        yield from simulate(problem, checkpoint_dir=out_dir, resume=resume)
 
 
 def run(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from datetime import timedelta
@@ -16,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from byzrsa.config import RunConfig
-from byzrsa.engines.common import BATCH_BLOCK, Parts
+from byzrsa.engines.common import BATCH_BLOCK, CHECKPOINT_NAME, Parts, config_identity
 from byzrsa.errors import ByzrsaError
 
 __all__ = [
@@ -44,11 +43,6 @@ __all__ = [
 
 log = logging.getLogger("byzrsa.dist")
 
-CHECKPOINT_NAME = "checkpoint.pt"
-# Config fields that do not change the trajectory (or may differ between machines).
-LOCAL_FIELDS = frozenset(
-    {"data_dir", "device", "threads", "engine", "timeout", "checkpoint_every", "eval_every", "iterations"}
-)
 STARTUP_TIMEOUT = 120.0  # seconds for the processes to meet, at least (model and data loading)
 
 
@@ -288,14 +282,6 @@ def master_silence(config: RunConfig) -> float:
 
 
 # ------------------------------------------------------------------------------------------- identity
-
-
-def config_identity(config: RunConfig) -> dict[str, Any]:
-    """The config fields that define the trajectory (every field but :data:`LOCAL_FIELDS`), JSON-safe."""
-    from byzrsa import __version__
-
-    settings = json.loads(config.to_json())  # non-finite numbers as strings, as the workers send them
-    return {"byzrsa": __version__, **{k: v for k, v in sorted(settings.items()) if k not in LOCAL_FIELDS}}
 
 
 def shard_fingerprint(x: Tensor | None, y: Tensor | None) -> str:
