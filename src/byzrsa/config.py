@@ -78,6 +78,8 @@ class RunConfig:
     split: str = "iid"
     dirichlet_alpha: float = 0.5
     heterogeneity: float = 0.0
+    # fraction of the training data held out as a validation set that replaces the test set (0: off; tuning)
+    validation: float = 0.0
     # model and training
     model: str = "softmax"
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -323,6 +325,7 @@ def check_settings(c: RunConfig) -> None:
     _check(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
     _check(c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}")
     _check(0.0 <= c.heterogeneity <= 1.0, f"heterogeneity must be in [0, 1], got {c.heterogeneity}")
+    _check(0.0 <= c.validation < 1.0, f"validation must be a fraction in [0, 1), got {c.validation}")
     _check(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {c.checkpoint_every}")
     _check(c.agg_f is None or c.agg_f >= 0, f"agg_f must be >= 0, got {c.agg_f}")
     for key, valid in (

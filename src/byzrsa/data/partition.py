@@ -29,6 +29,16 @@ Schemes
     ``groups[i]`` names the worker of sample ``i`` (e.g. the ``train_groups``
     of the ``synthetic`` source). Worker ``g`` gets the samples of group ``g``
     in their original order.
+``sorted-shards``
+    The heterogeneous split of Karimireddy, He and Jaggi (ICLR 2022, their
+    experiment 3) for ``byzantine = q`` Byzantine workers, the last q: a
+    seeded permutation gives each Byzantine worker ``floor(n / m)`` iid samples
+    (it holds iid data); the remaining samples, sorted by label (stable), are
+    cut into ``m - q`` contiguous near-equal shards for the regular workers, so
+    each regular worker sees one or two classes. (In the authors' code the
+    Byzantine workers' iid samples overlap the regular shards; here every
+    sample belongs to one worker, as for every scheme.) With q = 0 it is the
+    plain sorted-label split.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from byzrsa.errors import ConfigError, config_int
 
 __all__ = ["SCHEMES", "partition"]
 
-SCHEMES: tuple[str, ...] = ("iid", "by-label", "dirichlet", "natural")
+SCHEMES: tuple[str, ...] = ("iid", "by-label", "dirichlet", "natural", "sorted-shards")
 
 
 def _as_int_array(values: Any, what: str) -> np.ndarray:
@@ -105,6 +115,19 @@ def _dirichlet(labels: np.ndarray, m: int, alpha: float, rng: np.random.Generato
     return parts
 
 
+def _sorted_shards(labels: np.ndarray, m: int, byzantine: int, rng: np.random.Generator) -> list[np.ndarray]:
+    n = len(labels)
+    q = config_int(byzantine, "the number of Byzantine workers", minimum=0)
+    if q >= m:
+        raise ConfigError(f"the sorted-shards split needs at least one regular worker: got q={q} of m={m}")
+    per = n // m
+    order = rng.permutation(n).astype(np.int64)
+    byz = [np.sort(order[j * per:(j + 1) * per]) for j in range(q)]
+    rest = np.sort(order[q * per:])
+    rest = rest[np.argsort(labels[rest], kind="stable")]
+    return list(np.array_split(rest, m - q)) + byz
+
+
 def _natural(groups: Any, n: int, m: int) -> list[np.ndarray]:
     if groups is None:
         raise ConfigError(
@@ -132,6 +155,7 @@ def partition(
     *,
     alpha: float = 0.5,
     groups: Any = None,
+    byzantine: int = 0,
 ) -> list[np.ndarray]:
     """Split the training samples over ``m`` workers.
 
@@ -150,6 +174,8 @@ def partition(
         Concentration of the Dirichlet prior (``dirichlet`` only), > 0.
     groups
         ``(n,)`` worker of each sample in ``0..m-1`` (``natural`` only).
+    byzantine
+        Number q of Byzantine workers, the last q (``sorted-shards`` only).
 
     Returns
     -------
@@ -183,6 +209,8 @@ def partition(
         if not (a > 0 and math.isfinite(a)):
             raise ConfigError(f"dirichlet alpha must be a positive finite number, got {alpha!r}")
         parts = _dirichlet(y, m, a, np.random.default_rng(seed))
+    elif scheme == "sorted-shards":
+        parts = _sorted_shards(y, m, byzantine, np.random.default_rng(seed))
     else:
         parts = _natural(groups, n, m)
     empty = [w for w, p in enumerate(parts) if len(p) == 0]
