@@ -1,0 +1,200 @@
+"""The robustness benchmark's named grids, as plain data (``byzrsa bench --list``).
+
+Each preset is a :class:`~byzrsa.experiments.bench_grid.Grid`: what every run
+shares (``base``) and the axes crossed (levels, methods with their starting
+hyper-parameters, attacks, q, declared f, seeds). docs/bench.md describes each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from byzrsa.experiments.bench_grid import (
+    BY_LABEL,
+    DIR01,
+    DIR1,
+    IID,
+    LEVELS,
+    SORTED,
+    AttackSpec,
+    Grid,
+    Level,
+    MethodSpec,
+    Tuning,
+    describe_grid,
+    grid_from_dict,
+    load_grid,
+    resolve_f,
+)
+
+__all__ = ["PRESETS", "QUICK", "PAPER_PLUS", "FMNIST_CNN", "BUCKETING_EXP3", "describe_presets",
+           # the grid's types, for convenience
+           "MethodSpec", "AttackSpec", "Level", "Tuning", "Grid", "LEVELS", "IID", "DIR1", "DIR01", "BY_LABEL",
+           "SORTED", "load_grid", "grid_from_dict", "resolve_f", "describe_grid"]
+
+# --------------------------------------------------------------------------- building blocks
+
+def _attack(label: str, name: str, **options: Any) -> AttackSpec:
+    return AttackSpec(label, {"attack": name, **{f"attack.{k}": v for k, v in options.items()}})
+
+
+NONE = _attack("none", "none")
+SIGN_FLIP = _attack("sign-flip", "sign-flip", sigma=-4.0)
+BIT_FLIP = _attack("sign-flip", "sign-flip", sigma=-1.0)  # the bucketing paper's "bit flipping"
+ALIE = _attack("ALIE", "alie")
+IPM = _attack("IPM 0.1", "ipm", epsilon=0.1)
+MIMIC = _attack("mimic", "mimic")
+LABEL_FLIP = _attack("label-flip", "label-flip")
+
+
+def _m(label: str, method: str, lr: float, **settings: Any) -> MethodSpec:
+    return MethodSpec(label, {"method": method, "lr": lr, **settings})
+
+
+def _bucketing(spec: MethodSpec, s: int = 2) -> MethodSpec:
+    return MethodSpec(f"Bucketing + {spec.label}", {**spec.settings, "pre": [{"name": "bucketing", "s": s}]},
+                      spec.tune)
+
+
+def _nnm(spec: MethodSpec) -> MethodSpec:
+    return MethodSpec(f"NNM + {spec.label}", {**spec.settings, "pre": ["nnm"]}, spec.tune)
+
+
+# --------------------------------------------------------------------------- presets
+
+# quick: step sizes are a/sqrt(k) on [0, 1] pixels; the starting points come from short sweeps on
+# mnist-sample (docs/bench.md, "Starting points"); tuning searches a factor 3 either side.
+_QUICK_CCLIP = _m("CClip (momentum 0.9)", "cclip", 1.0, momentum=0.9, **{"method.tau": 1.0})
+QUICK = Grid(
+    name="quick",
+    description="softmax regression on mnist-sample, 20 workers of which 4 Byzantine, 200 iterations: "
+    "the whole table (tuning included) in minutes on 2 cores",
+    base={"dataset": "mnist-sample", "pixels": "unit", "model": "softmax", "workers": 20, "batch_size": 32,
+          "iterations": 200, "eval_every": 20, "lr_schedule": "sqrt", "mu": 0.01},
+    levels=LEVELS,
+    methods=(
+        # RSA's best lambda moves by 10x between iid and by-label data: a wider lambda range
+        MethodSpec("RSA", {"method": "rsa", "lr": 3.0, "norm": "l1", "lam": 0.01},
+                   {"lam": (1 / 9, 1 / 3, 1.0, 3.0)}),
+        _m("Ideal SGD", "ideal-sgd", 1.0),
+        _m("SGD", "sgd", 1.0),
+        _m("Median", "median", 0.3),
+        _m("Trimmed mean", "trimmed-mean", 1.0),
+        _m("GeoMed", "geomed", 1.0),
+        _m("Krum", "krum", 0.3),
+        _QUICK_CCLIP,
+        _bucketing(_QUICK_CCLIP),
+    ),
+    attacks=(NONE, SIGN_FLIP, ALIE, IPM, MIMIC, LABEL_FLIP),
+    byzantine=(4,),
+    seeds=(0, 1, 2),
+    tuning=Tuning(validation=0.2, seeds=(0,)),
+)
+
+# paper-plus: the paper's setting (raw pixels, softmax, m = 20, batch 32, 5000 iterations, a/sqrt(k),
+# f0 = 0.01/2 |x|^2) with the authors' step sizes as starting points and every defence and attack added.
+_PP_CCLIP = _m("CClip", "cclip", 1e-4, **{"method.tau": 100.0})
+_PP_KRUM = _m("Krum", "krum", 1e-4)
+PAPER_PLUS = Grid(
+    name="paper-plus",
+    description="the RSA paper's setting (softmax, raw pixels, m=20, 5000 iterations, q=4 and 8) "
+    "with today's defences and attacks added",
+    base={"dataset": "mnist-sample", "pixels": "raw", "model": "softmax", "workers": 20, "batch_size": 32,
+          "iterations": 5000, "eval_every": 100, "lr_schedule": "sqrt", "mu": 0.01},
+    levels=LEVELS,
+    methods=(
+        _m("RSA", "rsa", 0.001, norm="l1", lam=0.07),
+        _m("Ideal SGD", "ideal-sgd", 1e-4),
+        _m("SGD", "sgd", 1e-4),
+        _m("GeoMed", "geomed", 1e-4),
+        _PP_KRUM,
+        _m("Median", "median", 5e-5),
+        _m("Trimmed mean", "trimmed-mean", 1e-4),
+        _m("Multi-Krum", "multi-krum", 1e-4),
+        _m("Bulyan", "bulyan", 1e-4),
+        _m("signSGD", "signsgd", 1e-3),
+        _PP_CCLIP,
+        _m("CClip (momentum 0.9)", "cclip", 1e-4, momentum=0.9, **{"method.tau": 100.0}),
+        _bucketing(_PP_KRUM),
+        _nnm(_PP_KRUM),
+        _nnm(_PP_CCLIP),
+    ),
+    attacks=(NONE, _attack("same-value", "same-value", c=100.0), SIGN_FLIP, ALIE, IPM,
+             _attack("min-max", "min-max"), _attack("min-sum", "min-sum"), MIMIC, LABEL_FLIP,
+             _attack("ALIE-opt", "alie-opt"), _attack("IPM-opt", "ipm-opt"), _attack("RSA-aware", "rsa-aware")),
+    byzantine=(4, 8),
+    seeds=(0, 1, 2),
+    notes=("Bulyan needs m >= 4f + 3: its q = 8 cells are not applicable with m = 20.",),
+)
+
+# fmnist-cnn: LeNet-5 on the full Fashion-MNIST (Debian's dataset-fashion-mnist or a download).
+_FM_CCLIP = _m("CClip (momentum 0.9)", "cclip", 0.05, momentum=0.9, **{"method.tau": 10.0})
+FMNIST_CNN = Grid(
+    name="fmnist-cnn",
+    description="LeNet-5 on the full Fashion-MNIST, 20 workers of which 4 Byzantine, 2000 iterations, "
+    "constant step, worker momentum 0.9 (a GPU or a patient CPU)",
+    base={"dataset": "fashion-mnist", "pixels": "unit", "model": "lenet5", "workers": 20, "batch_size": 32,
+          "iterations": 2000, "eval_every": 100, "lr_schedule": "constant", "mu": 0.0},
+    levels=LEVELS,
+    methods=(
+        _m("RSA", "rsa", 1.0, norm="l1", lam=0.01),
+        _m("Ideal SGD", "ideal-sgd", 0.05, momentum=0.9),
+        _m("SGD", "sgd", 0.05, momentum=0.9),
+        _m("Median", "median", 0.05, momentum=0.9),
+        _m("Trimmed mean", "trimmed-mean", 0.05, momentum=0.9),
+        _m("GeoMed", "geomed", 0.05, momentum=0.9),
+        _m("Krum", "krum", 0.05, momentum=0.9),
+        _m("Bulyan", "bulyan", 0.05, momentum=0.9),
+        _FM_CCLIP,
+        _bucketing(_FM_CCLIP),
+        _nnm(_FM_CCLIP),
+    ),
+    attacks=(NONE, SIGN_FLIP, ALIE, IPM, _attack("min-max", "min-max"), MIMIC, LABEL_FLIP),
+    byzantine=(4,),
+    seeds=(0, 1, 2),
+)
+
+# bucketing-exp3: Karimireddy, He, Jaggi (ICLR 2022), experiment 3. Their workers keep a momentum
+# buffer m = beta m + g and step lr = 0.01 along it; byzrsa's worker momentum is m = beta m + (1 - beta) g,
+# so the same steps take lr = 0.01 / (1 - beta) = 0.1, and their tau = 10 / (1 - beta) is tau = 10 here.
+_E3 = {"momentum": 0.9}
+_E3_AGGS = (
+    _m("Krum", "krum", 0.1, **_E3),
+    _m("Median", "median", 0.1, **_E3),
+    _m("GeoMed (RFA, 8 iterations)", "geomed", 0.1, **_E3, **{"method.max_iter": 8}),
+    _m("CClip", "cclip", 0.1, **_E3, **{"method.tau": 10.0, "method.iters": 3}),
+)
+BUCKETING_EXP3 = Grid(
+    name="bucketing-exp3",
+    description="Karimireddy et al.'s heterogeneity experiment: 25 workers of which 5 Byzantine holding iid data, "
+    "the regular ones on sorted-label shards, the PyTorch-example CNN, batch 32, lr 0.01 (their momentum form), "
+    "600 iterations, momentum 0.9, with and without bucketing s=2; plus RSA",
+    base={"dataset": "mnist", "pixels": "unit", "model": "cnn", "workers": 25, "batch_size": 32,
+          "iterations": 600, "eval_every": 30, "lr_schedule": "constant", "mu": 0.0},
+    levels=(SORTED,),
+    methods=(
+        _m("RSA", "rsa", 0.25, norm="l1", lam=0.01),
+        _m("Ideal SGD", "ideal-sgd", 0.1, **_E3),
+        _m("SGD", "sgd", 0.1, **_E3),
+        *_E3_AGGS,
+        *(_bucketing(spec) for spec in _E3_AGGS),
+    ),
+    attacks=(NONE, ALIE, IPM, LABEL_FLIP, MIMIC, BIT_FLIP),
+    byzantine=(5,),
+    seeds=(0, 1, 2),
+    tuning=Tuning(validation=0.1, seeds=(0,), lr=(0.5, 1.0, 2.0), lam=(1 / 3, 1.0, 3.0), tau=(1.0,)),
+    notes=(
+        "Momentum: the paper's lr 0.01 with m = 0.9 m + g equals lr 0.1 with byzrsa's m = 0.9 m + 0.1 g.",
+        "Data: each Byzantine worker holds floor(n/25) iid samples, the regular workers sorted-label shards of "
+        "the rest (the split 'sorted-shards'); in the authors' code the Byzantine samples overlap the regular ones.",
+        "The paper does not tune: run with --untuned for its exact setting.",
+    ),
+)
+
+#: Named grids, as listed by ``byzrsa bench --list``.
+PRESETS: dict[str, Grid] = {g.name: g for g in (QUICK, PAPER_PLUS, FMNIST_CNN, BUCKETING_EXP3)}
+
+
+def describe_presets(presets: Sequence[Grid] | None = None) -> str:
+    return "\n\n".join(describe_grid(g) for g in (presets or PRESETS.values()))

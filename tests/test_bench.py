@@ -1,0 +1,256 @@
+"""`byzrsa bench`: presets as data, the sorted-shards split, the validation split, and a tiny grid end to end
+(every output, the resume, and that tuning never reads the test set)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from byzrsa.cli import main
+from byzrsa.config import config_from_dict
+from byzrsa.data import partition
+from byzrsa.data.validation import validation_indices, validation_split
+from byzrsa.engines.common import build_problem
+from byzrsa.errors import ConfigError
+from byzrsa.experiments import paper
+from byzrsa.experiments.bench import bench, plan_bench, plan_grid
+from byzrsa.experiments.bench_presets import (
+    PRESETS,
+    AttackSpec,
+    Grid,
+    Level,
+    MethodSpec,
+    Tuning,
+    grid_from_dict,
+    resolve_f,
+)
+from byzrsa.experiments.bench_stats import summarise
+
+BASE = {"dataset": "digits", "pixels": "unit", "model": "softmax", "workers": 10, "batch_size": 16,
+        "iterations": 20, "eval_every": 5, "lr_schedule": "constant", "mu": 0.0}
+
+
+def tiny_grid(**changes) -> Grid:
+    grid = Grid(
+        name="tiny", description="a tiny grid on digits", base=BASE,
+        levels=(Level("iid", {"split": "iid"}), Level("by-label", {"split": "by-label"})),
+        methods=(MethodSpec("RSA", {"method": "rsa", "lr": 1.0, "lam": 0.01}),
+                 MethodSpec("Ideal SGD", {"method": "ideal-sgd", "lr": 0.3}),
+                 MethodSpec("Median", {"method": "median", "lr": 0.3})),
+        attacks=(AttackSpec("none", {"attack": "none"}), AttackSpec("sign-flip", {"attack": "sign-flip"})),
+        byzantine=(2,), seeds=(0, 1, 2), tuning=Tuning(validation=0.2, seeds=(0,), lr=(0.5, 2.0), lam=(1.0,)),
+    )
+    return grid.with_changes(**changes)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    result = bench(tiny_grid(), out=out, jobs=1, curves=["sign-flip"], calibrate=False, quiet=True)
+    return out, result
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def test_presets_are_listed_and_plan(capsys):
+    assert main(["bench", "--list"]) == 0
+    text = capsys.readouterr().out
+    for name in ("quick", "paper-plus", "fmnist-cnn", "bucketing-exp3"):
+        assert f"{name}:" in text
+    for name in ("quick", "bucketing-exp3"):
+        plan = plan_bench(PRESETS[name], untuned=True)
+        plan_grid(plan)
+        assert plan.runs and all(len(c.keys) == len(PRESETS[name].seeds) or c.na for c in plan.cells)
+    assert len(PRESETS["quick"].seeds) >= 3 and len(PRESETS["quick"].levels) == 4
+
+
+def test_bucketing_exp3_is_the_papers_setting():
+    g = PRESETS["bucketing-exp3"]
+    assert (g.base["workers"], g.byzantine, g.base["model"], g.base["batch_size"], g.base["iterations"]) == (
+        25, (5,), "cnn", 32, 600)
+    assert g.base["lr_schedule"] == "constant" and [lv.settings["split"] for lv in g.levels] == ["sorted-shards"]
+    names = {a.settings["attack"]: a.settings for a in g.attacks}
+    assert {"alie", "ipm", "label-flip", "mimic", "sign-flip"} <= set(names)
+    assert names["ipm"]["attack.epsilon"] == 0.1
+    gradient = [m for m in g.methods if m.settings["method"] != "rsa"]
+    assert all(m.settings["momentum"] == 0.9 for m in gradient)
+    # lr 0.01 with their m = 0.9 m + g is lr 0.1 with byzrsa's m = 0.9 m + 0.1 g
+    assert all(m.settings["lr"] == pytest.approx(0.01 / (1 - 0.9)) for m in gradient)
+    bucketed = {m.settings["method"] for m in gradient if m.settings.get("pre")}
+    plain = {m.settings["method"] for m in gradient if not m.settings.get("pre")} - {"sgd", "ideal-sgd"}
+    assert bucketed == plain == {"krum", "median", "geomed", "cclip"}
+    assert all(m.settings["pre"] == [{"name": "bucketing", "s": 2}] for m in gradient if m.settings.get("pre"))
+    assert any(m.settings["method"] == "rsa" for m in g.methods)
+
+
+def test_user_grid_from_toml_and_declared_f(tmp_path, capsys):
+    path = tmp_path / "mine.toml"
+    path.write_text("""
+seeds = [0, 1, 2]
+byzantine = [2]
+declared_f = ["q", "q+1"]
+levels = ["iid", "dirichlet-0.5"]
+attacks = ["none", {attack = "ipm", "attack.epsilon" = 0.5, label = "IPM 0.5"}]
+[base]
+dataset = "digits"
+workers = 10
+iterations = 10
+eval_every = 5
+[[methods]]
+method = "median"
+lr = 0.1
+[[methods]]
+label = "Bucketing + CClip"
+method = "cclip"
+pre = [{name = "bucketing", s = 2}]
+"method.tau" = 2.0
+tune = {lr = [1.0], "method.tau" = [0.5, 1.0]}
+[tuning]
+validation = 0.25
+""")
+    assert main(["bench", "--grid", str(path), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "4 scenario(s)" in err and "estimated" in err
+    g = grid_from_dict({"levels": ["iid"], "methods": ["median"], "attacks": ["none"]})
+    assert g.seeds == (0, 1, 2) and resolve_f("q+1", 4) == 5 and resolve_f(3, 4) == 3
+    with pytest.raises(ConfigError, match="unknown key"):
+        grid_from_dict({"levels": ["iid"], "methods": ["median"], "attacks": ["none"], "sedes": [0]})
+    assert main(["bench", "no-such-preset"]) == 2
+    assert "unknown bench preset" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_sorted_shards_split():
+    labels = np.repeat(np.arange(10), 100)
+    parts = partition(labels, 25, "sorted-shards", seed=3, byzantine=5)
+    assert len(parts) == 25 and sorted(np.concatenate(parts).tolist()) == list(range(1000))
+    for p in parts[:20]:  # regular workers: contiguous label-sorted shards, one or two classes
+        assert len(np.unique(labels[p])) <= 2 and np.all(np.diff(labels[p]) >= 0)
+    for p in parts[20:]:  # Byzantine workers: iid samples
+        assert len(p) == 1000 // 25 and len(np.unique(labels[p])) >= 5
+
+
+def test_validation_split_replaces_the_test_set():
+    config = config_from_dict({**BASE, "validation": 0.25})
+    plain = build_problem(config.replace(validation=0.0))
+    held = build_problem(config)
+    n = plain.train_y.shape[0]
+    train, val = validation_indices(plain.dataset.train_y.numpy(), 0.25)
+    assert len(train) + len(val) == n and not set(train) & set(val)
+    assert held.test_y.shape[0] == len(val) and held.train_y.shape[0] == len(train)
+    assert torch.equal(held.test_x, plain.train_x[torch.from_numpy(val)])  # scored on held-out training samples
+    counts = np.bincount(held.test_y.numpy(), minlength=10)
+    assert counts.min() > 0 and counts.max() - counts.min() <= 3  # stratified
+    with pytest.raises(ConfigError, match="validation"):
+        build_problem(config.replace(validation=1.0))
+    assert validation_split(plain.dataset, 0.0) is plain.dataset
+
+
+def test_confidence_interval_is_students_t():
+    s = summarise([0.5, 0.6, 0.7])
+    assert s.mean == pytest.approx(0.6) and s.ci == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    assert math.isinf(summarise([0.5]).ci)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_tiny_grid_writes_every_output(clean):
+    out, result = clean
+    assert not result["failures"]
+    report = (out / "report.md").read_text()
+    for text in ("## Where RSA breaks", "### Worst-case ranking", "### Best method under each attack",
+                 "| rank | method | tuned values", "within the confidence interval", "## Hyper-parameters"):
+        assert text in report
+    for level in ("iid", "by-label"):
+        for suffix in ("png", "svg"):
+            assert (out / f"heatmap-{level}-q2-f2.{suffix}").stat().st_size > 1000
+            assert (out / "curves" / f"{level}-q2-f2-sign-flip.{suffix}").stat().st_size > 1000
+    assert not (out / "curves" / "iid-q2-f2-none.png").exists()  # curves only on demand
+    cells = json.loads((out / "cells.json").read_text())["cells"]
+    assert len(cells) == 2 * 3 * 2
+    with open(out / "cells.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(cells)
+    for cell in cells:
+        values = list(cell["per_seed"].values())
+        assert cell["n_seeds"] == 3 and cell["tuned"]
+        assert cell["mean"] == pytest.approx(np.mean(values))
+        assert cell["ci95"] == pytest.approx(4.302653 * np.std(values, ddof=1) / math.sqrt(3), rel=1e-5)
+    # each method's worst attack is marked once per scenario (Ideal SGD, the ceiling, has none)
+    for level in ("iid", "by-label"):
+        for method in ("RSA", "Median"):
+            mine = [c for c in cells if c["level"] == level and c["method"] == method]
+            worst = [c for c in mine if c["worst_for_method"]]
+            assert len(worst) == 1 and worst[0]["mean"] == min(c["mean"] for c in mine)
+    # Ideal SGD ignores the attack: one run per seed shared by both columns
+    ideal = [c for c in cells if c["method"] == "Ideal SGD" and c["level"] == "iid"]
+    assert ideal[0]["run_keys"] == ideal[1]["run_keys"]
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert len(tuning["jobs"]) == 6 and all(j["chosen"]["values"]["lr"] in (j["start"]["lr"] * 0.5,
+                                                                            j["start"]["lr"] * 2.0)
+                                            for j in tuning["jobs"])
+    assert "Median" in (out / "tuning.md").read_text()
+    chosen = {(j["method"], j["level"]): j["chosen"]["values"] for j in tuning["jobs"]}
+    assert all(c["values"] == chosen[(c["method"], c["level"])] for c in cells)
+
+
+def test_resume_runs_only_what_is_missing(clean, monkeypatch):
+    out, _ = clean
+    before = (out / "cells.json").read_text()
+    calls = []
+    real = paper.execute_one
+    monkeypatch.setattr(paper, "execute_one", lambda *a: calls.append(a[0]) or real(*a))
+    again = bench(tiny_grid(), out=out, jobs=1, calibrate=False, quiet=True)
+    assert again["pending"] == 0 and calls == []
+    victim = json.loads(before)["cells"][0]["run_keys"]["1"]
+    shutil.rmtree(out / "runs" / victim)
+    (out / "runs" / f".tmp-{victim}-999").mkdir()  # what an interrupted run leaves behind
+    again = bench(tiny_grid(), out=out, jobs=1, calibrate=False, quiet=True)
+    assert again["pending"] == 1 and calls == [victim]
+    assert json.loads((out / "cells.json").read_text())["cells"] == json.loads(before)["cells"]
+
+
+def test_tuning_never_reads_the_test_set(clean, tmp_path, monkeypatch):
+    """The same grid on data whose test labels are poisoned: tuning must choose exactly as before."""
+    import byzrsa.data
+
+    out, _ = clean
+    load = byzrsa.data.load_dataset
+
+    def poisoned(*args, **kwargs):
+        data = load(*args, **kwargs)
+        return type(data)(data.name, data.train_x, data.train_y, data.test_x, (data.test_y + 1) % 10,
+                          data.num_classes, data.train_groups)
+
+    monkeypatch.setattr(byzrsa.data, "load_dataset", poisoned)
+    monkeypatch.setattr(paper, "_DATASETS", {})
+    bench(tiny_grid(), out=tmp_path / "poisoned", jobs=1, calibrate=False, quiet=True)
+    clean_tuning = json.loads((out / "tuning.json").read_text())
+    dirty_tuning = json.loads((tmp_path / "poisoned" / "tuning.json").read_text())
+    assert dirty_tuning == clean_tuning  # every score of every point, and every choice
+    # ... while the grid's runs did read the (poisoned) test set
+    clean_cells = json.loads((out / "cells.json").read_text())["cells"]
+    dirty_cells = json.loads((tmp_path / "poisoned" / "cells.json").read_text())["cells"]
+    best = max(clean_cells, key=lambda c: c["mean"])
+    same = next(c for c in dirty_cells if (c["level"], c["method"], c["attack"]) ==
+                (best["level"], best["method"], best["attack"]))
+    assert best["mean"] > 0.6 and same["mean"] < 0.3
+
+
+def test_untuned_is_marked(tmp_path):
+    grid = tiny_grid(levels=(Level("iid", {"split": "iid"}),), methods=tiny_grid().methods[2:], seeds=(0,))
+    result = bench(grid, out=tmp_path, jobs=1, untuned=True, calibrate=False, quiet=True)
+    report = (tmp_path / "report.md").read_text()
+    assert result["tuning_runs"] == 0 and "(UNTUNED)" in report and "Only 1 seed" in report
+    cells = json.loads((tmp_path / "cells.json").read_text())["cells"]
+    assert all(not c["tuned"] and c["values"] == {"lr": 0.3} for c in cells)
