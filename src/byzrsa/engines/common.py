@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import importlib
 import json
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -271,6 +272,7 @@ def _resolve(c: RunConfig) -> tuple[RunConfig, Method, Rule | None, tuple[tuple[
     if rule is not None and not method.regular_only:
         check_rule(rule.name, check_chain(chain, c.workers, c.declared_f), c.declared_f, rule_options)
     attack_options = check_attack(c.attack, c.regular, c.byzantine, c.attack_options)
+    _check_dtype_range(c, attack_options)
     model = MODELS.get(c.model)
     model_options = model.resolve(c.model_options, "model") if model is not None else dict(c.model_options)
     resolved = dataclasses.replace(
@@ -280,6 +282,46 @@ def _resolve(c: RunConfig) -> tuple[RunConfig, Method, Rule | None, tuple[tuple[
     return resolved, method, rule, chain
 
 
+def _check_dtype_range(c: RunConfig, attack_options: dict[str, Any]) -> None:
+    """A finite attack constant beyond the run dtype's range is refused (both engines would otherwise differ)."""
+    largest = torch.finfo(run_dtype(c)).max
+    for name, value in attack_options.items():
+        if isinstance(value, float) and math.isfinite(value) and abs(value) > largest:
+            raise ConfigError(
+                f"attack option {name} = {value:g} overflows {c.dtype} (largest {largest:.3g}): "
+                "use --dtype float64, or inf for an infinite value"
+            )
+
+
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_memory(config: RunConfig, dataset: Dataset, dim: int | None) -> None:
+    """Refuse, with the estimate, a run whose data, (m, d) state and minibatches cannot fit in memory."""
+    item = run_dtype(config).itemsize
+    sample = math.prod(dataset.train_x.shape[1:])
+    data = 2 * (dataset.train_x.numel() + dataset.test_x.numel()) * item  # as loaded and featurised
+    state = 4 * (config.workers + 1) * (dim or 0) * item  # iterates, gradients, penalty, messages
+    batches = config.workers * config.batch_size * (sample * item + BATCH_BLOCK * 8)
+    need = data + state + batches
+    available = _available_bytes()
+    if available is not None and need > available:
+        gib = lambda n: n / 2**30  # noqa: E731
+        raise ConfigError(
+            f"this run needs about {gib(need):.1f} GiB (data {gib(data):.1f}, (m, d) state {gib(state):.1f}, "
+            f"minibatches {gib(batches):.1f}) but {gib(available):.1f} GiB are available: reduce workers, "
+            "batch_size or the model"
+        )
+
+
 def build_parts(config: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> Parts:
     """Check ``config`` and build its method, model, rule, pre-aggregators and attack from the registries.
 
@@ -287,7 +329,12 @@ def build_parts(config: RunConfig, input_shape: tuple[int, ...], num_classes: in
     its entry; every engine builds its parts with this function.
     """
     c, method, rule, chain = _resolve(config)
-    model = build_model(c.model, input_shape, num_classes, c.model_options)
+    try:
+        model = build_model(c.model, input_shape, num_classes, c.model_options)
+    except (RuntimeError, MemoryError) as exc:  # a model too large for this machine
+        if "alloc" not in str(exc).lower() and not isinstance(exc, MemoryError):
+            raise
+        raise ConfigError(f"model {c.model!r} with {c.model_options} does not fit in memory: reduce its size") from None
     attack = get_attack(c.attack)
     return Parts(c, method, model, parse_norm(c.norm), attack, c.attack_options, rule, c.method_options, chain)
 
@@ -380,7 +427,9 @@ def build_problem(config: RunConfig, dataset: Dataset | None = None) -> Problem:
             workers=config.workers,
             heterogeneity=config.heterogeneity,
         )
+    _check_memory(config, dataset, None)  # before the model: the minibatches alone may not fit
     parts = build_parts(config, tuple(dataset.train_x.shape[1:]), dataset.num_classes)
+    _check_memory(config, dataset, parts.model.dim)
     if config.validation:  # tuning: the test set is replaced by samples held out of the training set
         dataset = validation_split(dataset, config.validation)
     groups = dataset.train_groups.numpy() if dataset.train_groups is not None else None
