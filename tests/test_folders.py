@@ -207,3 +207,30 @@ def test_sim_resume_equals_the_uninterrupted_run(tmp_path, settings):
     assert torch.equal(a["x0"], b["x0"]) and a["k"] == b["k"] == 40
     for key in ("final_accuracy", "final_train_loss"):
         assert whole[key] == resumed[key]
+
+
+def test_sigterm_ends_reproduce_and_its_pool(tmp_path):
+    """Issue 9: a SIGTERMed reproduction left its pool workers and resource tracker running and writing."""
+    out, marker = tmp_path / "rep", f"byzrsa-test-{uuid.uuid4()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "byzrsa.cli", "reproduce", "fig4a", "--quick", "--iterations", "3000", "--quiet",
+         "--jobs", "2", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "BYZRSA_TEST_MARK": marker},
+    )
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not list((out / "runs").glob(".tmp-*/metrics.csv")):
+            time.sleep(0.2)
+        assert len(_marked(marker)) >= 3  # the command, its pool workers (and the resource tracker)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    deadline = time.time() + 20
+    while _marked(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _marked(marker) == []
+    finished = sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))
+    time.sleep(2)  # nothing keeps finishing runs after the command has gone
+    assert sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith(".")) == finished
