@@ -234,3 +234,24 @@ def test_sigterm_ends_reproduce_and_its_pool(tmp_path):
     finished = sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))
     time.sleep(2)  # nothing keeps finishing runs after the command has gone
     assert sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith(".")) == finished
+
+
+def test_sigterm_ends_a_dist_run_and_its_worker_processes(tmp_path):
+    out, marker = tmp_path / "d", f"byzrsa-test-{uuid.uuid4()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "byzrsa.cli", "run", "--engine", "dist", "--dataset", "digits", "--workers", "3",
+         "--iterations", "10000000", "--eval-every", "20", "--out", str(out), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "BYZRSA_TEST_MARK": marker},
+    )
+    try:
+        _wait_for_rows(out, rows=2, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert run_state(out) == "interrupted"
+    deadline = time.time() + 20
+    while _marked(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _marked(marker) == []
