@@ -1,6 +1,6 @@
 """byzrsa's performance suite: one entry point, one table, JSON and Markdown out.
 
-    python benchmarks/run.py [--quick] [--peers] [--device cuda] [--out benchmarks/results]
+    python benchmarks/run.py [--quick] [--peers] [--device cuda] [--sections ...] [--out benchmarks/results]
 
 Sections (see each module's docstring for what exactly is timed):
 
@@ -11,6 +11,10 @@ Sections (see each module's docstring for what exactly is timed):
 2. the simulator step in the paper's setting, split into its parts, against the
    per-worker NumPy loop of the authors' code (``bench_sim.py``, ``authors_loop.py``);
 3. scaling with m and d, and torch threads 1 vs 2;
+   ``--sections defences`` (not in the default set): issue 10's defences (cclip,
+   bulyan, signsgd, bucketing, nnm, arc, clip) at the same shapes, with
+   ``--peers`` against ByzFL and ByzPy, each output against a float64
+   reference (``bench_defences.py``);
 4. ``--device cuda``: sections 1-3 on the GPU plus the RSA master step and the
    rules at m = 100, d = 11_200_000 with the achieved memory bandwidth
    (``bench_gpu.py``). Without a CUDA device this section is skipped, saying so.
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import bench_aggregators  # noqa: E402
+import bench_defences  # noqa: E402
 import bench_sim  # noqa: E402
 from timing import fmt_time, machine  # noqa: E402
 
@@ -120,6 +125,42 @@ def scaling_section(scaling: dict[str, Any], threads: dict[str, Any] | None) -> 
     return "\n".join(out)
 
 
+DEFENCE_GOAL_ERROR = 1e-5  # relative, "at the same output" (issue 10)
+
+
+def defences_section(results: list[dict[str, Any]]) -> str:
+    """bench_defences' tables, one heading level down (they sit under this report's title)."""
+    text = bench_defences.markdown(results, machine())
+    lines = text.splitlines()[2:]  # its own title and machine line: this report has both already
+    return "## Defences (cpu, float32)\n\n" + "\n".join("#" + line if line.startswith("#") else line for line in lines)
+
+
+def defence_verdicts(results: list[dict[str, Any]]) -> list[str]:
+    """Issue 10's goal: at (100, 1e6) each defence at least as fast as its fastest peer, error <= 1e-5 relative."""
+    lines = []
+    for res in results:
+        if res["m"] * res["d"] < 10**8:
+            continue
+        by_defence: dict[str, dict[str, Any]] = {}
+        for name, r in res["rows"].items():
+            lib, defence = name.split(" ", 1)
+            by_defence.setdefault(defence, {})[lib] = r
+        for defence, libs in by_defence.items():
+            ours = libs.get("byzrsa")
+            if ours is None:
+                continue
+            peers = {lib: r["wall"] for lib, r in libs.items() if lib not in ("byzrsa", "numpy", "torch")}
+            exact = f"error {ours['rel_error']:.1e} ({'met' if ours['rel_error'] <= DEFENCE_GOAL_ERROR else 'not met'})"
+            if peers:
+                lib = min(peers, key=peers.get)
+                speed = (f"byzrsa {fmt_time(ours['wall'])} vs fastest peer {lib} {fmt_time(peers[lib])} "
+                         f"({'met' if ours['wall'] <= peers[lib] else 'not met'})")
+            else:
+                speed = f"byzrsa {fmt_time(ours['wall'])}, no peer timed"
+            lines.append(f"- ({res['m']}, {res['d']:_}) {defence}: {speed}; {exact}")
+    return lines
+
+
 def verdicts(steps: dict[str, Any] | None, aggs: list[dict[str, Any]], device: str) -> list[str]:
     lines: list[str] = []
     st = steps["steps"] if steps else {}
@@ -159,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the tables (default 1; see the threads table)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    ap.add_argument("--sections", default="aggregators,sim", help="comma list of: aggregators, sim (= steps, scaling, threads), steps, scaling, threads")
+    ap.add_argument("--sections", default="aggregators,sim", help="comma list of: aggregators, sim (= steps, scaling, threads), steps, scaling, threads, defences")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -176,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         print(bench_gpu.markdown(gpu))
     else:
         wanted = set(args.sections.split(","))
-        sections, aggs, steps = [], [], None
+        unknown = wanted - {"aggregators", "sim", "steps", "scaling", "threads", "defences"}
+        if unknown:
+            ap.error(f"unknown section(s) {', '.join(sorted(unknown))}: choose from aggregators, sim, steps, "
+                     "scaling, threads, defences")
+        sections, aggs, steps, defs = [], [], None, []
         if "aggregators" in wanted:
             shapes = SHAPES[:2] if args.quick else SHAPES
             for m, d in shapes:
@@ -198,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
             report["scaling"], report["threads"] = scaling, threads
             sections.append(scaling_section(scaling, threads))
-        lines = verdicts(steps, aggs, "cpu")
+        if "defences" in wanted:
+            for m, d in SHAPES[:2] if args.quick else SHAPES:
+                print(f"defences at ({m}, {d}) ...", flush=True)
+                defs.append(bench_defences.bench_shape(m, d, peers=args.peers, quick=args.quick))
+            report["defences"] = defs
+            sections.append(defences_section(defs))
+        lines = verdicts(steps, aggs, "cpu") + defence_verdicts(defs)
         sections.append("## Goals\n\n" + "\n".join(lines))
         md.extend(sections)
         print("\n\n".join(sections))
