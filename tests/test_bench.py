@@ -88,6 +88,10 @@ def test_bucketing_exp3_is_the_papers_setting():
     assert bucketed == plain == {"krum", "median", "geomed", "cclip"}
     assert all(m.settings["pre"] == [{"name": "bucketing", "s": 2}] for m in gradient if m.settings.get("pre"))
     assert any(m.settings["method"] == "rsa" for m in g.methods)
+    # the baselines keep the paper's values; only RSA (not in the paper) is tuned: 3 x 3 points x 6 attacks
+    plan = plan_bench(g)
+    assert {c.method for c in plan.tune_runs.values()} == {"rsa"} and len(plan.tune_runs) == 9 * 6
+    assert all(not j.start for j in plan.tune_jobs if j.method != "RSA")
 
 
 def test_user_grid_from_toml_and_declared_f(tmp_path, capsys):

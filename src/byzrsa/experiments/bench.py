@@ -16,7 +16,6 @@ an interrupted bench resumes where it stopped. Then
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -275,6 +274,7 @@ def bench(
     say = (lambda *a: None) if quiet and not dry_run else (lambda text: print(text, file=sys.stderr))
     jobs = max(1, jobs or os.cpu_count() or 1)
     started = time.perf_counter()
+    load_at_start = _load()
     plan = plan_bench(grid, untuned=untuned)
     tune_pending = {k: c for k, c in plan.tune_runs.items() if not is_done(out, k)}
     tune_done = not tune_pending
@@ -322,7 +322,7 @@ def bench(
             failures.update(failed)
         run_seconds = time.perf_counter() - started
         timing = {"tuning_seconds": tune_seconds, "run_seconds": run_seconds, "estimated_seconds": seconds,
-                  "jobs": jobs, "load_average": _load()}
+                  "jobs": jobs, "load_average_start": load_at_start, "load_average": _load()}
         path = bench_report.write_report(out, plan, failures=failures, timing=timing, curves=curves)
     result.update(report=str(path), failures=failures, total_seconds=time.perf_counter() - started, **timing)
     return result
@@ -336,6 +336,3 @@ def _load() -> list[float] | None:
     except (AttributeError, OSError):  # pragma: no cover
         return None
 
-
-def finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

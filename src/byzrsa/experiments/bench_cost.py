@@ -36,15 +36,18 @@ def _probe(config: RunConfig, k: int, datasets: dict[Any, Any], out: Path | None
     return train / k, max(0.0, float(summary["wall_seconds"]) - train) / 2
 
 
-def estimate(runs: Mapping[str, RunConfig], *, calibrate: bool = True, k: int | None = None) -> dict[str, float]:
+def estimate(runs: Mapping[str, RunConfig], *, calibrate: bool = True, k: int | None = None,
+             budget: float = 20.0) -> dict[str, float]:
     """Rough seconds of one process for each run (key -> seconds), from short runs measured on this machine.
 
     Each distinct method (with attack none) and each attack (with the first
     method) is timed for ``k`` iterations; a run's estimate is the method's time
     per iteration, times the attack's ratio to no attack, times its
     iterations, plus its evaluations, plus the cost of writing a run folder
-    (measured once). Without ``calibrate``: 1 ms per iteration, a rough figure
-    for softmax regression.
+    (measured once). ``k`` defaults to what takes about half a second (2 to 20
+    iterations); once the probes have taken ``budget`` seconds, the methods and
+    attacks left are costed like the first one. Without ``calibrate``: 1 ms per
+    iteration, a rough figure for softmax regression.
     """
     if not runs:
         return {}
@@ -60,25 +63,30 @@ def estimate(runs: Mapping[str, RunConfig], *, calibrate: bool = True, k: int | 
     for c in runs.values():
         reps.setdefault(method_sig(c), c)
         attacks.setdefault(json_key(c.attack, c.attack_options), c)
-    steps = k or max(3, min(20, min(c.iterations for c in runs.values())))
+    started = time.perf_counter()
     first = next(iter(reps.values()))
-    _probe(first.replace(attack="none", split="iid", iterations=steps), 2, datasets)  # warm-up (first-call costs)
+    warm = _probe(first.replace(attack="none", split="iid"), 2, datasets)  # also pays the first-call costs
+    steps = k or max(2, min(20, min(c.iterations for c in runs.values()), int(0.5 / max(warm[0], 1e-6))))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:  # the cost of a run folder: config, metrics, summary, plot
         with_folder = _probe(first.replace(attack="none", split="iid"), 2, datasets, Path(tmp) / "run")[1]
     bare = _probe(first.replace(attack="none", split="iid"), 2, datasets)
     folder = max(0.0, with_folder - 2 * bare[0] - 3 * bare[1])
-    per: dict[str, tuple[float, float]] = {}
+    per: dict[str, tuple[float, float]] = {method_sig(first): bare}
+
+    def spent() -> bool:
+        return time.perf_counter() - started > budget
+
     for sig, c in reps.items():
-        per[sig] = _probe(c.replace(attack="none", split="iid"), steps, datasets)
+        per[sig] = bare if spent() else _probe(c.replace(attack="none", split="iid"), steps, datasets)
     ratio: dict[str, float] = {}
+    ref = next((r for r in reps.values() if r.method != "rsa" and r.method != "ideal-sgd"), first)
     for sig, c in attacks.items():
-        ref = next((r for r in reps.values() if r.method != "rsa" and r.method != "ideal-sgd"), first)
         probe_config = ref.replace(attack=c.attack, **{f"attack.{k}": v for k, v in c.attack_options.items()},
                                    byzantine=c.byzantine, split="iid")
         try:
-            attacked = _probe(probe_config, steps, datasets)[0]
+            attacked = per[method_sig(ref)][0] if spent() else _probe(probe_config, steps, datasets)[0]
         except ByzrsaError:
             attacked = per[method_sig(ref)][0]
         ratio[sig] = attacked / max(per[method_sig(ref)][0], 1e-9)

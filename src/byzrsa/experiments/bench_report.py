@@ -212,10 +212,11 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
                   "**untuned**: every method at its starting values." if plan.untuned else
                   "tuned on a validation split of the training data by the worst case over the grid's attacks "
                   "(see below); the test set is read only by the grid's runs."),
-              f"- Time: {timing.get('run_seconds', math.nan):.0f} s in all "
+              f"- Time of this invocation: {timing.get('run_seconds', math.nan):.0f} s in all "
               f"(tuning {timing.get('tuning_seconds', 0):.0f} s) on {timing.get('jobs')} process(es), "
               f"estimated {timing.get('estimated_seconds', math.nan):.0f} s; "
-              f"load average at the end {timing.get('load_average')}."]
+              f"load average (1, 5, 15 min) at the start {timing.get('load_average_start')}, "
+              f"at the end {timing.get('load_average')} (the estimate assumes free cores)."]
     if n_seeds < 3:
         lines.append(f"- **Only {n_seeds} seed(s)**: PROTOCOL.md asks for at least 3; intervals are wide or absent "
                      "and most comparisons are ties.")

@@ -92,6 +92,9 @@ def tuning_jobs(
         keys = tuned_keys(spec, config, grid.tuning)
         start = {k: value_of(config, k) for k in keys}
         names = list(keys)
+        if not names:  # nothing to tune: the start is the choice, and no run is needed
+            jobs.append(TuneJob(method, level, start, [TunePoint({}, {})]))
+            continue
         points = []
         for combo in itertools.product(*(keys[k] for k in names)):
             factors = dict(zip(names, combo))
@@ -114,13 +117,16 @@ def score_of(accuracy: float | None) -> float:
 def choose(jobs: Sequence[TuneJob], accuracy: Callable[[str], float | None]) -> None:
     """Score every point (worst case over attacks of the mean over seeds) and set each job's ``chosen``."""
     for job in (j for j in jobs if j.points):
+        if len(job.points) == 1 and not job.points[0].keys:
+            job.chosen = job.points[0]
+            continue
         for point in job.points:
             by_label: dict[str, list[float]] = {}
             for label, key in point.keys:
                 by_label.setdefault(label, []).append(score_of(accuracy(key)))
             means = {label: sum(v) / len(v) for label, v in by_label.items()}
-            point.worst = min(means, key=means.__getitem__)
-            point.score = means[point.worst]
+            point.worst = min(means, key=means.__getitem__) if means else None
+            point.score = means[point.worst] if means else 0.0
         job.chosen = max(
             job.points, key=lambda p: (p.score, -sum(abs(math.log(f)) for f in p.factors.values()))
         )
