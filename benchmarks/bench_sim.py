@@ -15,6 +15,7 @@ q = 8 Byzantine (same-value attack, c = 100), batch 32, softmax regression
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -154,17 +155,39 @@ def bench_scaling(quick: bool, device: str = "cpu") -> dict[str, Any]:
 
 @torch.no_grad()
 def bench_threads(quick: bool) -> dict[str, Any]:
-    """Wall time per step with 1 and 2 torch threads (CPU), interleaved in one run."""
+    """Wall time per step with 1 and 2 torch threads (CPU), interleaved in one run (and the default's pick)."""
+    return threads_under(quick, hogs=0)[1]
+
+
+@torch.no_grad()
+def threads_under(quick: bool, hogs: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The condition and the wall times per step with 1, 2 and the default's torch threads, interleaved.
+
+    ``hogs`` busy processes (one pure-Python spin loop each) run alongside: the
+    loaded condition. The rule's pick (:func:`byzrsa.engines.sim.default_threads`)
+    is evaluated under the same condition, after the hogs have run for a few seconds.
+    """
+    import subprocess
+    import sys
+    import time
+
+    from byzrsa.engines.sim import _busy_cores, _cores, default_threads
+
     before = torch.get_num_threads()
     sizes = [20] if quick else [20, 100, 1000]
     rows: dict[str, Any] = {}
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
     try:
+        time.sleep(5 if hogs else 0)  # the runnable count sees them at once; the load average needs longer
+        busy = _busy_cores()
+        pick = default_threads(cores=_cores(), busy=busy)
+        condition = {"hogs": hogs, "busy": busy, "pick": pick, "load_average": list(os.getloadavg())}
         for m in sizes:
             q = (2 * m) // 5
             sims = {name: make_sim(m, q, warm=3, **METHODS[name]) for name in ("rsa-l1", "ideal-sgd")}
             cases, setup = {}, {}
             for name, sim in sims.items():
-                for threads in (1, 2):
+                for threads in sorted({1, 2, pick}):
                     key = f"{name} m={m} threads={threads}"
                     cases[key] = sim.step
                     setup[key] = (lambda t=threads: torch.set_num_threads(t))
@@ -172,5 +195,9 @@ def bench_threads(quick: bool) -> dict[str, Any]:
             for k, t in measure(cases, rounds=3 if quick else 7, calls=calls, setup=setup).items():
                 rows[k] = t.to_dict()
     finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
         torch.set_num_threads(before)
-    return rows
+    condition["load_average_after"] = list(os.getloadavg())
+    return condition, rows

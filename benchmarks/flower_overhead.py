@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {config.method}, attack {config.attack}, m={config.workers}, q={config.byzantine}, {config.dataset}, "
           f"{config.dtype}, {args.rounds} rounds; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, Python {sys.version.split()[0]}")
-    print(f"| engine | ms per round | x simulator | run wall s (with start-up) |")
-    print(f"|---|---:|---:|---:|")
+    print("| engine | ms per round | x simulator | run wall s (with start-up) |")
+    print("|---|---:|---:|---:|")
     for name, (per_round, wall) in rows.items():
         print(f"| {name} | {per_round * 1e3:.2f} | {per_round / base:.1f} | {wall:.1f} |")
     if args.out is not None:

@@ -401,3 +401,15 @@ def test_cnn_learns_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path)
     ds = load_dataset("fashion-mnist", download=False)
     assert ds.sample_shape == SHAPE
     assert _train(build_model("cnn", SHAPE, 10), ds, steps=40, lr=0.2) > 0.5  # 0.6 when written; chance is 0.1
+
+
+def test_dropout_uniforms_drawn_elsewhere_are_the_same_numbers(monkeypatch):
+    """CPU streams feeding another device draw into a host buffer copied once per site: the same numbers."""
+    torch_model = sys.modules["byzrsa.torch_model"]
+    shapes = [(5, 3, 2), (5, 4)]
+    direct = torch_model._uniforms(gens(5), shapes, torch.device("cpu"))
+    monkeypatch.setattr(torch_model, "_lives_on", lambda g, device: False)
+    assert all(torch.equal(a, b) for a, b in zip(torch_model._uniforms(gens(5), shapes, torch.device("cpu")), direct))
+    streams = gens(5)
+    monkeypatch.setattr(torch_model, "_lives_on", lambda g, device: g is not streams[1] and g is not streams[3])
+    assert all(torch.equal(a, b) for a, b in zip(torch_model._uniforms(streams, shapes, torch.device("cpu")), direct))

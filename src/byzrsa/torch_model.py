@@ -57,6 +57,41 @@ def _channels_last(x: Tensor) -> Tensor:
     return torch.empty_strided(x.shape, strides, dtype=x.dtype, device=x.device).copy_(x)
 
 
+def _lives_on(generator: torch.Generator, device: torch.device) -> bool:
+    return generator.device == device or (generator.device.type == device.type == "cuda" and device.index is None)
+
+
+def _uniforms(
+    generators: Sequence[torch.Generator], shapes: list[tuple[int, ...]], device: torch.device
+) -> list[Tensor]:
+    """Per shape ``(m, ...)``, uniforms on ``device`` whose row i comes from ``generators[i]`` alone.
+
+    Worker i draws its rows in the order of ``shapes`` (forward order), in float32
+    whatever the run's dtype, so float32 and float64 runs drop the same units.
+    Generators that live elsewhere (CPU streams for a CUDA run) draw the same
+    numbers where they live, into one host tensor per shape, copied over once per
+    shape and step rather than once per worker.
+    """
+    device = torch.device(device)
+    local = [_lives_on(g, device) for g in generators]
+    out = [torch.empty(shape, dtype=torch.float32, device=device) for shape in shapes]
+    staged = None if all(local) else [torch.empty(shape, dtype=torch.float32) for shape in shapes]
+    for i, gen in enumerate(generators):  # worker i's draws, in forward order
+        for u, host in zip(out, staged or [None] * len(out)):
+            if local[i]:
+                u[i].uniform_(0.0, 1.0, generator=gen)
+            else:
+                host[i].uniform_(0.0, 1.0, generator=gen)  # the numbers torch.rand(..., generator=gen) gives
+    if staged is not None:
+        for u, host in zip(out, staged):
+            rows = [i for i, here in enumerate(local) if not here]
+            if len(rows) == len(local):
+                u.copy_(host)
+            else:
+                u[rows] = host[rows].to(device)
+    return out
+
+
 def _refuse_unsupported(module: nn.Module) -> None:
     """A :class:`ConfigError` for layers that cannot live in a flat, per-worker parameter vector."""
     for name, layer in module.named_modules():
@@ -248,14 +283,7 @@ class TorchModel:
                 f"e.g. derive_generator(seed, 'dropout', worker); got {None if generators is None else len(generators)}"
             )
         sites = self._dropout_sites(tuple(x.shape[2:]), x.dtype, x.device)
-        # drawn in float32 whatever the run's dtype: float32 and float64 runs drop the same units
-        uniform = [torch.empty(m, b, *site.shape, dtype=torch.float32, device=x.device) for site in sites]
-        for i, gen in enumerate(generators):  # worker i's draws, in forward order
-            for u in uniform:
-                if gen.device == u.device:
-                    u[i].uniform_(0.0, 1.0, generator=gen)
-                else:  # e.g. CPU generators for a CUDA run: the same numbers, drawn where the stream lives
-                    u[i].copy_(torch.rand(u.shape[1:], generator=gen, device=gen.device))
+        uniform = _uniforms(generators, [(m, b, *site.shape) for site in sites], x.device)
         masks = []
         for site, u in zip(sites, uniform):
             keep = 1.0 - site.p

@@ -143,6 +143,7 @@ RULES.register(Rule(
         Option("tol", float, 1e-7, "relative stopping tolerance of Weiszfeld's iterations", non_negative),
         Option("max_iter", int, 1000, "iteration cap", at_least(0)),
     ),
+    uses_previous=True,
 ))
 RULES.register(Rule(
     "krum", krum, "Krum", "the row with the lowest Krum score (m - f - 2 nearest neighbours)",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import torch
 from torch import Tensor
 
 from byzrsa.aggregators._common import (
@@ -36,6 +40,16 @@ def mean(x: Tensor) -> Tensor:
     return _rows_mean(x)
 
 
+def _np_half_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`_half_sum` on NumPy rows, bit for bit (the same IEEE operations), without torch's per-op cost."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mid = (a + b) / a.dtype.type(2)
+        overflow = np.isinf(mid) & np.isfinite(a) & np.isfinite(b)
+        if overflow.any():
+            mid = np.where(overflow, a / a.dtype.type(2) + b / a.dtype.type(2), mid)
+    return mid
+
+
 def median(x: Tensor) -> Tensor:
     r"""Coordinate-wise true median.
 
@@ -56,16 +70,44 @@ def median(x: Tensor) -> Tensor:
     non-finite that coordinate of the output is finite and within the range of
     the finite ones.
 
-    Implementation: a selection of the one or two middle order statistics per
-    coordinate (:func:`_middle`: NumPy's introselect on CPU, two ``topk`` calls
-    elsewhere); measured faster than a sort along dim 0.
+    Implementation: on CPU, NumPy's sort along dim 0 (vectorised; faster than its
+    selection, see the comment in the code); elsewhere a selection of the one or
+    two middle order statistics per coordinate (:func:`_middle`, two ``topk`` calls).
     """
     m = _check_matrix(x)
+    if x.device.type != "cpu":  # no host read of the data: two topk selections on the device
+        return _median_on_device(x)
     x = _nan_as_inf(x)
+    if x.dtype in (torch.float32, torch.float64) and not x.requires_grad:
+        # NumPy's sort along dim 0 (vectorised, AVX-512 here) measured ~3x faster than its
+        # introselect (np.partition, what _middle uses) at every shape tried: (20, 7850)
+        # 0.63 vs 2.2 ms, (1000, 7850) 41 vs 109 ms, (100, 1e6) 0.46 vs 1.35 s. The same
+        # order statistics, so the same output. The rows are copied out of the sorted array
+        # so that the result does not keep it alive.
+        ordered = np.sort(x.numpy(), axis=0)
+        if m % 2 == 1:
+            return torch.from_numpy(ordered[m // 2].copy())
+        return torch.from_numpy(_np_half_sum(ordered[m // 2 - 1], ordered[m // 2]))
     if m % 2 == 1:
         return _middle(x, m // 2, m // 2 + 1)[0]
     mid = _middle(x, m // 2 - 1, m // 2 + 1)
     return _half_sum(mid[0], mid[1])
+
+
+def _median_on_device(x: Tensor) -> Tensor:
+    """:func:`median` without reading the data on the host (no NaN test, no NumPy): for GPUs.
+
+    NaN entries become ``+inf`` by an unconditional ``where``; the middle order
+    statistics come from two ``topk`` selections. The same values as the CPU path.
+    """
+    m = x.shape[0]
+    x = torch.where(torch.isnan(x), torch.full((), math.inf, dtype=x.dtype, device=x.device), x)
+    hi = m // 2 + 1
+    low = torch.topk(x, hi, dim=0, largest=False, sorted=False).values
+    if m % 2 == 1:
+        return low.amax(dim=0)
+    top = torch.topk(low, 2, dim=0, largest=True, sorted=True).values
+    return _half_sum(top[1], top[0])
 
 
 def trimmed_mean(x: Tensor, f: int) -> Tensor:

@@ -375,11 +375,17 @@ class Problem:
         """Minibatch tensors ``(k, b, *sample_shape)`` and ``(k, b)`` for index rows ``(k, b)``.
 
         ``sample_shape`` is one featurised sample's shape (``train_x.shape[1:]``):
-        images stay ``(C, H, W)`` for the models that want them.
+        images stay ``(C, H, W)`` for the models that want them. A model with a
+        ``gather_rows`` method (softmax regression) gets its samples as it asks for
+        them instead: :class:`byzrsa.models.Rows`, read a few workers at a time.
         """
         flat = indices.reshape(-1).to(self.device)
+        y = self.train_y.index_select(0, flat).view(indices.shape)
+        lazy = getattr(getattr(self, "model", None), "gather_rows", None)
+        if lazy is not None:
+            return lazy(self.train_x, flat, (*indices.shape, *self.train_x.shape[1:])), y
         x = self.train_x.index_select(0, flat).view(*indices.shape, *self.train_x.shape[1:])
-        return x, self.train_y.index_select(0, flat).view(indices.shape)
+        return x, y
 
     def metrics(self, w: Tensor, locals_: Tensor | None = None) -> dict[str, float]:
         """Test accuracy and loss, training loss of ``w``; the RSA local-iterate variance if given."""

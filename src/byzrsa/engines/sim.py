@@ -9,7 +9,11 @@ of :mod:`byzrsa.methods`, the same functions the distributed engine calls.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +34,7 @@ from byzrsa.methods import (
 )
 from byzrsa.penalties import subgradient
 
-__all__ = ["Simulator", "simulate"]
+__all__ = ["Simulator", "simulate", "default_threads", "reuse_freed_memory"]
 
 
 class Simulator:
@@ -131,6 +135,7 @@ class Simulator:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; the next :meth:`step` is the one the saved run would have taken."""
         device, dtype = self.problem.device, self.problem.dtype
         self.k, self._row = int(state["k"]), int(state["row"])
         self.x0 = state["x0"].to(device, dtype)
@@ -165,17 +170,28 @@ def simulate(
     iterations; ``resume`` (a folder holding one) continues from it, first
     yielding the stored rows, and the trajectory is the uninterrupted one.
 
-    Threads: with ``threads`` unset, a CPU run uses one torch thread (restored
-    afterwards). The simulator's tensors are small (the paper's step touches a
-    few MB), and on 2 cores 2 threads were never faster and, with other
-    processes on the cores, up to 40x slower per step (``benchmarks/run.py``,
-    docs/performance.md). Set ``threads`` to override.
+    Threads: with ``threads`` unset, a CPU run uses :func:`default_threads`
+    torch threads (restored afterwards): as many as there are idle cores, at
+    least one, where idle = cores available to the process minus the load of the
+    other processes (the larger of the 1-minute load average and the processes
+    runnable right now), decided once per process. OpenMP threads that share a
+    core with another process wait for each other at every operation (up to 12x
+    slower per step, docs/performance.md), so a loaded machine gets one thread.
+    Set ``threads`` to override, and to make a run's last bits independent of
+    the machine's load (reductions split over threads round differently).
+
+    Memory: a CPU run keeps the memory its steps free for the next steps
+    (:func:`reuse_freed_memory`): fresh pages from the kernel cost more than the
+    arithmetic on them once the ``(m, d)`` temporaries outgrow the allocator's
+    cache (docs/performance.md, scaling), and every step allocates the same sizes again.
     """
     c = problem.config
     previous = torch.get_num_threads()
     if c.threads is None and problem.device.type == "cpu":
-        torch.set_num_threads(1)
+        torch.set_num_threads(default_threads())
+    memory = reuse_freed_memory() if problem.device.type == "cpu" else contextlib.nullcontext()
     try:
+        memory.__enter__()
         sim = Simulator(problem)
         rows: list[dict[str, float]] = []
         if resume is not None:
@@ -201,7 +217,101 @@ def simulate(
             if c.checkpoint_every and checkpoint_dir is not None and sim.k % c.checkpoint_every == 0:
                 _save_checkpoint(sim, rows, train_seconds, checkpoint_dir)
     finally:
+        memory.__exit__(None, None, None)
         torch.set_num_threads(previous)
+
+
+_DEFAULT_THREADS: int | None = None
+
+
+def _busy_cores() -> float:
+    """Cores the other processes keep busy: max(1-minute load average, runnable processes now - this one)."""
+    try:
+        with open("/proc/loadavg") as handle:
+            fields = handle.read().split()
+        return max(float(fields[0]), float(fields[3].split("/")[0]) - 1.0)
+    except (OSError, IndexError, ValueError):
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return 0.0
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(cores: int | None = None, busy: float | None = None) -> int:
+    """Torch threads for a CPU simulation when the config leaves ``threads`` unset.
+
+    ``round(cores - busy)`` clamped to ``[1, cores]``: the idle cores, where
+    ``busy`` is what the other processes keep busy (:func:`_busy_cores`). With
+    both arguments None the answer is computed once per process and kept, so
+    that every run of a process (a test session, a reproduction's worker) uses
+    the same count. Measured in docs/performance.md ("Threads") on a quiet and
+    on a loaded machine.
+    """
+    global _DEFAULT_THREADS
+    if cores is None and busy is None and _DEFAULT_THREADS is not None:
+        return _DEFAULT_THREADS
+    n = cores if cores is not None else _cores()
+    load = busy if busy is not None else _busy_cores()
+    threads = max(1, min(n, int(math.floor(n - load + 0.5))))
+    if cores is None and busy is None:
+        _DEFAULT_THREADS = threads
+    return threads
+
+
+@contextlib.contextmanager
+def reuse_freed_memory() -> Iterator[None]:
+    """Within the block, freed memory stays with the process for reuse (glibc only; elsewhere nothing).
+
+    glibc serves large blocks (above 128 KB to 32 MB, adaptively) with fresh
+    ``mmap`` pages and returns them on ``free``; every step of a large run then
+    page-faults its ``(m, d)`` temporaries in again, which on this VM costs
+    ~0.25 ms per MB (m = 1000 softmax: the minibatch gather 62 -> 21 us and the
+    RSA step 142 -> 92 us per regular worker). Here ``mallopt`` turns off mmap
+    for large blocks and heap trimming; afterwards the defaults are restored and
+    the heap is trimmed. The peak resident memory is unchanged (the same blocks
+    are live at the peak); memory freed late in the block is returned at its end.
+    """
+    global _REUSING
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    if not _REUSING:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    _REUSING += 1
+    try:
+        yield
+    finally:
+        _REUSING -= 1
+        if not _REUSING:  # the last of nested (or interleaved) runs
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            libc.malloc_trim(0)
+
+
+_REUSING = 0
+
+# glibc's mallopt parameters and their defaults (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl and other libcs
+        return None
 
 
 def _save_checkpoint(sim: Simulator, rows: list[dict[str, float]], train_seconds: float, folder: Path) -> None:
@@ -229,5 +339,16 @@ def _load_checkpoint(sim: Simulator, folder: Path) -> list[dict[str, float]]:
     if saved_identity != mine:
         diff = sorted(k for k in set(mine) | set(saved_identity) if mine.get(k) != saved_identity.get(k))
         raise ConfigError(f"--resume: the checkpoint in {folder} is of a different run (differs in {', '.join(diff)})")
-    sim.load_state_dict(state["sim"])
-    return [dict(r) for r in state["rows"]]
+    try:
+        reached = int(state["sim"]["k"])
+        if reached > sim.problem.config.iterations:
+            raise ConfigError(
+                f"--resume: the checkpoint in {folder} is at iteration {reached}, beyond this run's "
+                f"{sim.problem.config.iterations} iterations; give --iterations {reached} or more"
+            )
+        sim.load_state_dict(state["sim"])
+        return [dict(r) for r in state["rows"]]
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:  # a damaged or older file
+        raise ConfigError(f"--resume: {path} is not a usable simulator checkpoint ({type(exc).__name__}: {exc})") from None
