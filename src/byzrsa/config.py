@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -306,8 +308,40 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+# Whole-number settings must fit a signed 64-bit integer: TOML's range, and what torch and numpy index with.
+_INT_LIMIT = 2**63
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def max_threads() -> int:
+    """The most torch threads a run may ask for: 4 per core of this machine, and at least 64."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
 def check_settings(c: RunConfig) -> None:
-    """Reject impossible values of the run's own settings (components are checked where they are built)."""
+    """Reject impossible values of the run's own settings (components are checked where they are built).
+
+    Every number is checked for range and finiteness, every whole number
+    against the 64-bit range, names against their choices, the device string
+    and the plugin module names for their form (whether a CUDA device exists is
+    checked where the run is built).
+    """
+    for f in fields(c):
+        value = getattr(c, f.name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check(abs(value) < _INT_LIMIT, f"{f.name} = {value} is out of range: it must be below 2**63")
+    # A component's whole-number options too (their own checks run where the component is built).
+    owned = [(f"method {c.method}", c.method_options), (f"attack {c.attack}", c.attack_options),
+             (f"model {c.model}", c.model_options), *((f"pre {n}", o) for n, o in zip(c.pre, c.pre_options))]
+    for owner, options in owned:
+        for name, value in options.items():
+            if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+                value = int(value)
+            _check(
+                not (isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT),
+                f"{owner} option {name} = {value} is out of range: it must be below 2**63",
+            )
     _check(c.workers >= 1, f"workers must be >= 1, got {c.workers}")
     _check(
         0 <= c.byzantine < c.workers,
@@ -320,10 +354,18 @@ def check_settings(c: RunConfig) -> None:
         value = getattr(c, key)
         _check(value > 0 and math.isfinite(value), f"{key} must be a finite number > 0, got {value}")
     _check(0.0 <= c.momentum < 1.0, f"momentum must be in [0, 1), got {c.momentum}")
+    if c.dtype == "float32":  # they scale the run's tensors: beyond float32's range every step is inf
+        for key in ("lr", "lam", "mu"):
+            value = getattr(c, key)
+            _check(value <= FLOAT32_MAX, f"{key} = {value:g} overflows float32 (largest 3.4e+38): use --dtype float64")
+    _check(c.batch_size <= 2**31, f"batch_size must be at most 2**31, got {c.batch_size}")
     for key in ("batch_size", "iterations", "eval_every"):
         _check(getattr(c, key) >= 1, f"{key} must be >= 1, got {getattr(c, key)}")
     _check(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
-    _check(c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}")
+    _check(
+        c.threads is None or 1 <= c.threads <= max_threads(),
+        f"threads must be between 1 and {max_threads()} (4 per core of this machine), got {c.threads}",
+    )
     _check(0.0 <= c.heterogeneity <= 1.0, f"heterogeneity must be in [0, 1], got {c.heterogeneity}")
     _check(0.0 <= c.validation < 1.0, f"validation must be a fraction in [0, 1), got {c.validation}")
     _check(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {c.checkpoint_every}")
@@ -342,6 +384,18 @@ def check_settings(c: RunConfig) -> None:
         device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()),
         f"unknown device {device!r}: use cpu, cuda or cuda:N",
     )
+    for name in (n.strip() for n in c.plugins.split(",")):
+        _check(
+            not name or _MODULE.fullmatch(name) is not None,
+            f"plugins: {name!r} is not a Python module name (expected e.g. mypackage.rules, comma-separated)",
+        )
+    _check(
+        c.data_dir is None or (c.data_dir.strip() != "" and "\x00" not in c.data_dir),
+        f"data_dir must be a folder path, got {c.data_dir!r}",
+    )
+    for f in fields(c):  # any other float (a field added later) must at least be a number
+        value = getattr(c, f.name)
+        _check(not (isinstance(value, float) and math.isnan(value)), f"{f.name} must be a number, got nan")
     _check(
         not (c.engine == "dist" and c.backend == "nccl" and not device.startswith("cuda")),
         "backend nccl moves GPU tensors only: add --device cuda, or use --backend gloo on CPU",

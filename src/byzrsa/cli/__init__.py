@@ -7,6 +7,7 @@ one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import signal
@@ -184,15 +185,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args, resume_base(args.resume))
     if args.resume and args.out is None:
         args.out = args.resume
+    if args.resume and args.overwrite and _same_path(args.out, args.resume):
+        from byzrsa.errors import ConfigError
+
+        raise ConfigError("--resume continues the run in its folder and --overwrite would replace it: give one of them")
     try:
         summary = run(config, args.out, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
-        where = f"; partial results are in {args.out}" if args.out else ""
+        from pathlib import Path
+
+        where = ""
+        if args.out is not None:
+            kept = (Path(args.out) / "summary.json").exists()
+            where = f"; partial results are in {args.out}" if kept else " before the first evaluation; nothing was written"
         print(f"byzrsa: interrupted{where}", file=sys.stderr)
         return 130
     keys = ("method", "attack", "byzantine", "iterations", "final_accuracy", "best_accuracy", "wall_seconds")
     print(json.dumps({k: summary[k] for k in keys}))
     return 0
+
+
+def _same_path(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, ValueError):
+        return a == b
 
 
 def list_components() -> str:
@@ -225,8 +244,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (and exit status 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"byzrsa: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="byzrsa", description="Byzantine-robust distributed learning: RSA, robust baselines, attacks."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -259,32 +285,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TERMINATION_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
 def _interrupt_on_termination() -> None:
     """SIGTERM and SIGHUP (batch schedulers, a closed terminal) end a command the way Ctrl-C does.
 
     The KeyboardInterrupt they raise runs the same clean-up: child processes
-    are ended and every results folder says ``interrupted``.
+    are ended and every results folder says ``interrupted``. Only the first
+    one raises: a scheduler or a process group may deliver several, and a
+    second must not cut the clean-up short (SIGKILL still ends everything).
     """
+    received: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
+        if received:
+            return
+        received.append(signum)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
+    for sig in TERMINATION_SIGNALS:
+        try:
             signal.signal(sig, handler)
+        except ValueError:  # main() called from a thread other than the main one: signals stay as they are
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv``; return the exit status (0, 1 for failed runs, 2 for an error, 130 interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))}
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error (already printed as one line)
+        return exc.code if isinstance(exc.code, int) else 2
+    previous = {sig: signal.getsignal(sig) for sig in TERMINATION_SIGNALS}
     _interrupt_on_termination()
     try:
         return int(args.handler(args) or 0)
     except ByzrsaError as exc:
-        print(f"byzrsa: error: {exc}", file=sys.stderr)
+        print(f"byzrsa: error: {_first_line(exc)}", file=sys.stderr)
         return 2
     finally:
         for sig, handler in previous.items():  # main() called from Python leaves the caller's handlers as they were
-            signal.signal(sig, handler)
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 

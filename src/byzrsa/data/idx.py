@@ -17,6 +17,7 @@ unpacked in place (or a plain file someone named ``.gz``) still reads.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -64,13 +65,16 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], *, finite: bool = False) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) into a numpy array.
 
     Parameters
     ----------
     path
         File to read. Gzip compression is detected from the content.
+    finite
+        Refuse float data holding NaN or infinite values (images: a model
+        trained on them learns nothing and says nothing).
 
     Returns
     -------
@@ -81,8 +85,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     ------
     DataError
         The file is missing, not an IDX file (wrong magic number or unknown
-        dtype code), truncated, or longer than its header says. The message
-        names the file.
+        dtype code), truncated, longer than its header says, or (with
+        ``finite``) holds non-finite floats. The message names the file.
     """
     path = Path(path)
     data = _read_bytes(path)
@@ -99,7 +103,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(f"IDX file {path} is truncated inside its header; fetch it again")
     dims = struct.unpack(f">{ndim}I", data[4:header_len]) if ndim else ()
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a forged header cannot overflow the count
     got = len(data) - header_len
     if got < expected:
         raise DataError(
@@ -112,7 +116,11 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             f"it is corrupt, fetch it again"
         )
     arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header_len)
-    return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
+    arr = arr.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
+    if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(arr.size - np.isfinite(arr).sum())
+        raise DataError(f"IDX file {path} holds {bad} NaN or infinite values; it is corrupt, fetch it again")
+    return arr
 
 
 def _code_for(dtype: np.dtype) -> int:

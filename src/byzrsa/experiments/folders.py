@@ -7,6 +7,10 @@ folder also holds :data:`MARKER` (the process id), written first and removed
 last, so a run killed with SIGKILL, which can write nothing, is recognisable
 by the marker its dead process left behind. :func:`run_state` is what
 ``reproduce`` and ``bench`` call before trusting a stored run.
+
+The marker names the process by its id, the machine's boot id and the
+process's start time, so a process id reused after a reboot (or by an
+unrelated process) is not taken for the run's own.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ from typing import Any
 
 from byzrsa.errors import ConfigError
 
-__all__ = ["MARKER", "RUN_FILES", "atomic_write_text", "atomic_path", "run_state", "claim_folder", "release_folder"]
+__all__ = [
+    "MARKER", "RUN_FILES", "STATES", "atomic_write_text", "atomic_path", "check_folder", "run_state", "claim_folder",
+    "release_folder",
+]
 
 MARKER = ".running"
-RUN_FILES = ("config.json", "metrics.csv", "summary.json", "accuracy.png", MARKER)
+RUN_FILES = ("config.json", "metrics.csv", "summary.json", "accuracy.png", "checkpoint.pt", MARKER)
+# Every value run_state returns; only "completed" may be trusted as a finished run.
+STATES = ("missing", "running", "killed", "corrupt", "completed", "interrupted", "failed")
 
 
 def atomic_path(path: Path) -> Path:
@@ -38,6 +47,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or "" off Linux."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[-1].split()[19] if ")" in stat else ""
+
+
+def _marker_text() -> str:
+    pid = os.getpid()
+    return f"{pid} {_read('/proc/sys/kernel/random/boot_id') or '-'} {_start_time(pid) or '-'}\n"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -48,25 +76,62 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _marker_alive(text: str) -> bool:
+    """Whether the process a marker names still runs (the same process, not one that reused its id)."""
+    words = text.split()
+    pid = int(words[0])
+    if pid == os.getpid() or not _alive(pid):
+        return False
+    boot, started = (words[1:3] + ["-", "-"])[:2]
+    if boot != "-" and _read("/proc/sys/kernel/random/boot_id") not in ("", boot):
+        return False  # written before a reboot
+    return started in ("-", "") or _start_time(pid) in ("", started)
+
+
+def check_folder(out: str | Path, flag: str = "--out") -> Path:
+    """Refuse, with one line, a results folder that is a file, lies under a file, or cannot be created.
+
+    Creates nothing; what cannot be created is found by walking up to the
+    nearest existing ancestor and checking that it is a writable folder.
+    """
+    out = Path(out)
+    if "\x00" in str(out) or not str(out).strip():
+        raise ConfigError(f"{flag} {str(out)!r} is not a folder path")
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{flag} {out}: {parent} is a file, not a folder")
+    existing = next((p for p in [out, *out.parents] if p.exists()), None)
+    if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {out}: cannot write there ({existing or out} is not writable)")
+    return out
+
+
 def run_state(folder: str | Path, iterations: int | None = None) -> str:
     """The state of a run folder: ``missing``, ``running``, ``killed``, ``corrupt``, ``completed``, ``interrupted`` or ``failed``.
 
     ``completed`` needs a parsable ``summary.json`` saying so and a
-    ``metrics.csv`` whose last row reaches ``iterations`` (the summary's own
-    count when not given); anything else that claims to be finished is ``corrupt``.
-    ``killed``: the marker of a process that no longer exists (SIGKILL, power loss).
+    ``metrics.csv`` whose last row reaches ``iterations`` (when not given: the
+    iterations of the run's ``config.json``, else the summary's own count);
+    anything else that claims to be finished is ``corrupt``. ``killed``: the
+    marker of a process that no longer exists (SIGKILL, power loss, reboot).
+    ``running``: the marker of a live process. A path that is not a folder is
+    ``corrupt``. Never raises for what it finds in the folder.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return "corrupt"
     marker = folder / MARKER
     if marker.exists():
         try:
-            pid = int(marker.read_text().split()[0])
+            return "running" if _marker_alive(marker.read_text()) else "killed"
         except (ValueError, IndexError, OSError):
             return "killed"
-        return "running" if pid != os.getpid() and _alive(pid) else "killed"
     summary_path = folder / "summary.json"
     if not summary_path.exists():
-        return "missing" if not folder.exists() or not any(folder.iterdir()) else "corrupt"
+        try:
+            return "missing" if not folder.exists() or not any(folder.iterdir()) else "corrupt"
+        except OSError:
+            return "corrupt"
     try:
         summary = json.loads(summary_path.read_text())
         status = summary["status"]
@@ -74,40 +139,49 @@ def run_state(folder: str | Path, iterations: int | None = None) -> str:
         return "corrupt"
     if status != "completed":
         return status if status in ("interrupted", "failed") else "corrupt"
-    target = iterations if iterations is not None else summary.get("iterations")
+    target = iterations if iterations is not None else _planned(folder, summary)
     try:
         with open(folder / "metrics.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
         last = int(float(rows[-1]["iteration"]))
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return "completed" if target is None or last >= int(target) else "corrupt"
+    except (OSError, ValueError, KeyError, IndexError, TypeError, OverflowError, csv.Error):
         return "corrupt"
-    return "completed" if target is None or last >= int(target) else "corrupt"
 
 
-def claim_folder(out: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+def _planned(folder: Path, summary: Any) -> Any:
+    """The iterations the run was meant to reach: its config.json's, else what its summary says it reached."""
+    try:
+        return int(json.loads((folder / "config.json").read_text())["iterations"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return summary.get("iterations") if isinstance(summary, dict) else None
+
+
+def claim_folder(out: Path, *, overwrite: bool = False, resume: bool = False) -> list[Path]:
     """Make ``out`` a run folder for this process, or raise a one-line :class:`ConfigError`.
 
     Refuses a path that is a file or lies under one, a folder that cannot be
     created, and a folder that already holds a run (another run's files would
-    sit beside this one's) unless ``overwrite`` (its run files are removed) or
-    ``resume`` (the checkpointed run continues there). Writes the marker.
+    sit beside this one's) unless ``overwrite`` or ``resume`` (the
+    checkpointed run continues there). Writes the marker and returns the old
+    run's files, which the caller removes once its own run has started (so a
+    run that fails before it starts leaves the old one as it was).
     """
-    for parent in [out, *out.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+    check_folder(out)
     state = run_state(out)
     if state == "running":
-        raise ConfigError(f"--out {out}: another byzrsa process is writing a run there")
+        raise ConfigError(f"--out {out}: another byzrsa process is writing a run there; wait for it or choose another folder")
+    stale: list[Path] = []
     if state != "missing" and not resume:
         if not overwrite:
             raise ConfigError(f"--out {out} already holds a run ({state}); add --overwrite to replace it, or choose another folder")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+        stale = [out / name for name in RUN_FILES if name != MARKER and (out / name).exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / MARKER, f"{os.getpid()}\n")
+        atomic_write_text(out / MARKER, _marker_text())
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    return stale
 
 
 def release_folder(out: Path, summary: dict[str, Any] | None) -> None:

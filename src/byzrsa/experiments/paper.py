@@ -21,13 +21,11 @@ from typing import Any
 
 from byzrsa.config import RunConfig
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.folders import atomic_write_text, run_state
+from byzrsa.experiments.folders import atomic_write_text, check_folder, run_state
 from byzrsa.experiments.plan import Plan, base_settings, plan, resolve_figures
 from byzrsa.experiments.presets import FIGURES, PAPER_SETTING
 
 __all__ = ["execute", "is_done", "run_folder", "reproduce"]
-
-
 
 _DATASETS: dict[tuple[Any, ...], Any] = {}
 
@@ -45,23 +43,50 @@ def _dataset_for(config: RunConfig) -> Any:
     return _DATASETS[key]
 
 
+_PARENT: int | None = None  # in a pool worker: the process id of the invocation that started it
+
+
 def _init_process() -> None:
+    """Set up a pool worker: one torch thread, and an end when the invocation that started it ends.
+
+    SIGTERM reaches a worker when its parent dies, even by SIGKILL (Linux's
+    parent-death signal), so no worker outlives its invocation; and a worker
+    whose parent has gone never publishes a run (see :func:`execute_one`).
+    """
+    global _PARENT
     import torch
 
     torch.set_num_threads(1)
+    _PARENT = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no libc: the parent check below still holds
+            pass
+        if os.getppid() != _PARENT:  # the parent died before the signal was armed
+            os._exit(1)
+
+
+def _orphaned() -> bool:
+    return _PARENT is not None and os.getppid() != _PARENT
 
 
 def run_folder(out: Path, key: str) -> Path:
     return out / "runs" / key
 
 
-def is_done(out: Path, key: str) -> bool:
+def is_done(out: Path, key: str, iterations: int | None = None) -> bool:
     """A stored run is trusted only when :func:`~byzrsa.experiments.folders.run_state` says ``completed``.
 
     A missing, truncated, unparsable or non-completed summary, or a metrics.csv
-    that stops short of the run's iterations, means the run is redone.
+    that stops short of the run's iterations (``iterations``, else those of
+    its config.json), means the run is redone.
     """
-    return run_state(run_folder(out, key)) == "completed"
+    return run_state(run_folder(out, key), iterations) == "completed"
 
 
 def execute_one(key: str, config_json: str, out: str) -> dict[str, Any]:
@@ -84,6 +109,9 @@ def execute_one(key: str, config_json: str, out: str) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if _orphaned():  # the invocation has ended (killed): it no longer holds the lock, so publish nothing
+        shutil.rmtree(tmp, ignore_errors=True)
+        os._exit(1)
     if final.exists() and run_state(final) == "completed":  # another process finished the same run first
         shutil.rmtree(tmp, ignore_errors=True)
     else:
@@ -132,10 +160,15 @@ def execute(
     name -> result of each extra job). One progress bar counts the iterations
     of the whole batch.
     """
-    out = Path(out)
+    out = check_folder(out)
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs}")
+    for key, config in runs.items():
+        if not isinstance(config, RunConfig):
+            raise ConfigError(f"execute() takes run configs (RunConfig), got {type(config).__name__} for {key}")
     root = out / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
+    with _exclusive(out):  # first: a refused invocation writes nothing
+        root.mkdir(parents=True, exist_ok=True)
         return _execute(runs, out, root, jobs=jobs, quiet=quiet, extra=extra)
 
 
@@ -157,8 +190,13 @@ def _exclusive(out: Path) -> Iterator[None]:
     if key in _HELD:
         yield
         return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a") as handle:
+    check_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / ".lock", "a")
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -185,7 +223,7 @@ def _execute(
     for stale in root.glob(".tmp-*"):  # left by an interrupted invocation (the lock rules out a live one)
         shutil.rmtree(stale, ignore_errors=True)
     # Cheapest first: an interrupted reproduction then has as many finished lines as possible.
-    pending = sorted((k for k in runs if not is_done(out, k)), key=lambda k: _cost(runs[k]))
+    pending = sorted((k for k in runs if not is_done(out, k, runs[k].iterations)), key=lambda k: _cost(runs[k]))
     extra = dict(extra or {})
     failures: dict[str, str] = {}
     results: dict[str, Any] = {}
@@ -228,47 +266,73 @@ def _execute(
     # (name, function, arguments); the extra jobs first, then the runs.
     tasks: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [(n, f, a) for n, (f, a) in extra.items()]
     tasks += [(key, execute_one, (key, runs[key].to_json(), str(out))) for key in pending]
+    def show() -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{finished_runs}/{len(runs)} runs")
+            bar.refresh()
+
     try:
         if jobs == 1:
-            _init_process()
-            for name, func, arguments in tasks:
-                try:
-                    note(name, func(*arguments), None)
-                except Exception as exc:  # noqa: BLE001 - a failed run must not stop the others
-                    note(name, None, exc)
-                if bar is not None:
-                    bar.n = finished_iters
-                    bar.set_postfix_str(f"{finished_runs}/{len(runs)} runs")
-                    bar.refresh()
+            import torch
+
+            threads = torch.get_num_threads()  # the caller's, restored below
+            torch.set_num_threads(1)
+            try:
+                for name, func, arguments in tasks:
+                    try:
+                        note(name, func(*arguments), None)
+                    except Exception as exc:  # noqa: BLE001 - a failed run must not stop the others
+                        note(name, None, exc)
+                    if bar is not None:
+                        bar.n = finished_iters
+                    show()
+            finally:
+                torch.set_num_threads(threads)
         else:
             import multiprocessing
 
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_process) as pool:
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_process)
+            try:
                 futures: dict[Future[Any], str] = {pool.submit(func, *arguments): name for name, func, arguments in tasks}
                 remaining = set(futures)
-                try:
-                    while remaining:
-                        done, remaining = wait(remaining, timeout=1.0, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            error = future.exception()
-                            note(futures[future], None if error else future.result(), error)
-                        if bar is not None:
-                            running = [futures[f] for f in remaining if f.running() and futures[f] in runs]
-                            bar.n = finished_iters + sum(_progress_of(root, k) for k in running)
-                            bar.set_postfix_str(f"{finished_runs}/{len(runs)} runs")
-                            bar.refresh()
-                except KeyboardInterrupt:
-                    # Stop the workers now (a Ctrl-C from a terminal reaches them too, a signal sent to
-                    # this process alone does not); their unfinished runs leave only temporary folders.
-                    for process in list(getattr(pool, "_processes", {}).values()):
-                        process.terminate()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+                while remaining:
+                    done, remaining = wait(remaining, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        error = future.exception()
+                        note(futures[future], None if error else future.result(), error)
+                    if bar is not None:
+                        running = [futures[f] for f in remaining if f.running() and futures[f] in runs]
+                        bar.n = finished_iters + sum(_progress_of(root, k) for k in running)
+                    show()
+            except BaseException:
+                # Ctrl-C, SIGTERM or SIGHUP (or an error here): end the workers now. A Ctrl-C from a
+                # terminal reaches them too, a signal sent to this process alone does not; their
+                # unfinished runs leave only temporary folders, which the next invocation removes.
+                _end_pool(pool)
+                raise
+            pool.shutdown(wait=True)
     finally:
         if bar is not None:
             bar.close()
     return failures, results
+
+
+def _end_pool(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers, wait for them (SIGKILL after 5 s), and shut the pool down."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    deadline = time.monotonic() + 5.0
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+    with contextlib.suppress(Exception):
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +373,9 @@ def reproduce(
 ) -> dict[str, Any]:
     """Run, draw and report the chosen figures (and the theory checks); return a summary dict."""
 
-    out = Path(out)
+    out = check_folder(out)
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs}")
     names = resolve_figures(figures)
     base = base_settings(dataset, data_dir, quick, iterations, eval_every, overrides)
     the_plan = plan(names, base, compare_order=compare_order)
@@ -319,7 +385,7 @@ def reproduce(
     for config in the_plan.runs.values():
         validate(config)
     # Load each dataset once here, so a missing dataset is one clear error before any process starts.
-    pending = [c for k, c in the_plan.runs.items() if not is_done(out, k)]
+    pending = [c for k, c in the_plan.runs.items() if not is_done(out, k, c.iterations)]
     for config in {(c.dataset, c.pixels, c.data_dir): c for c in pending}.values():
         _dataset_for(config)
     _DATASETS.clear()
@@ -354,5 +420,5 @@ def _reproduce_locked(
     path = report.write_report(out, the_plan, dataset=dataset, quick=quick, theory=theory_result, failures=failures,
                                data_dir=data_dir, timing=timing)
     timing["total_seconds"] = time.perf_counter() - started
-    (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    atomic_write_text(out / "timing.json", json.dumps(timing, indent=2) + "\n")
     return {"report": str(path), "failures": failures, "runs": len(the_plan.runs), **timing}

@@ -69,13 +69,15 @@ def run(
 ) -> dict[str, Any]:
     """Train as ``config`` says; return the summary (and write the results folder if ``out`` is given).
 
-    ``out`` must be new or empty unless ``overwrite`` (replace the run there) or
-    ``resume``; its ``summary.json`` says ``completed``, ``interrupted`` or
-    ``failed`` (see :mod:`byzrsa.experiments.folders`).
+    ``out`` must be new or empty unless ``overwrite`` (replace the run there)
+    or it is the ``resume`` folder; its ``summary.json`` says ``completed``,
+    ``interrupted`` (with the iteration reached and the signal) or ``failed``
+    (with the one-line error), see :mod:`byzrsa.experiments.folders`. The
+    caller's torch thread count is restored on return.
 
     Raises :class:`byzrsa.errors.ByzrsaError` for an impossible config or
     missing data, before any training. ``KeyboardInterrupt`` is re-raised after
-    the partial results are written. ``resume`` (dist engine) is a results
+    the partial results are written. ``resume`` (either engine) is a results
     folder holding a ``checkpoint.pt``: the run continues from it.
     """
     if isinstance(config, Mapping):
@@ -83,10 +85,14 @@ def run(
     elif not isinstance(config, RunConfig):
         raise ConfigError(f"run() takes a RunConfig or a mapping of settings, got {type(config).__name__}")
     config = validate(config)  # every component's options filled in: what config.json records
-    threads_before = torch.get_num_threads()  # the caller's thread count is restored at the end
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
     out_dir = Path(out) if out is not None else None
+    resume_dir = Path(resume) if resume is not None else None
+    if config.checkpoint_every and out_dir is None:
+        raise ConfigError("checkpoint_every needs a results folder (--out): the checkpoints are written there")
+    if resume_dir is not None and not (resume_dir.is_dir() or resume_dir.is_file()):
+        raise ConfigError(f"--resume {resume_dir}: no such results folder")
+    # --resume continues in its own folder; a different --out is a new folder like any other.
+    same = out_dir is not None and resume_dir is not None and _same_folder(out_dir, resume_dir)
     extra: dict[str, Any] = {}  # engine-specific facts for the summary (e.g. dead workers)
     rows: list[dict[str, float]] = []
     started = time.perf_counter()
@@ -95,12 +101,18 @@ def run(
     status, error = "completed", None
     stream = None
     created = out_dir is not None and not out_dir.exists()
+    stale: list[Path] = []
+    threads_before = torch.get_num_threads()  # the caller's thread count is restored at the end
     if out_dir is not None:  # before any work: a folder holding another run is refused here
-        claim_folder(out_dir, overwrite=overwrite, resume=resume is not None)
+        stale = claim_folder(out_dir, overwrite=overwrite, resume=same)
     try:
-        stream = _rows(config, dataset, extra, out_dir, Path(resume) if resume is not None else None)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        stream = _rows(config, dataset, extra, out_dir, resume_dir)
         first = next(stream)  # builds the problem: every input error surfaces here, before training
         if out_dir is not None:
+            for path in stale:  # the run replacing them has started (--overwrite)
+                path.unlink(missing_ok=True)
             atomic_write_text(out_dir / "config.json", config.to_json() + "\n")
             handle = open(out_dir / "metrics.csv", "w", newline="")
             writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
@@ -117,11 +129,11 @@ def run(
             if progress is not None:
                 progress.update(int(row["iteration"]) - progress.n)
                 progress.set_postfix(acc=f"{row['accuracy']:.4f}")
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP through the CLI's handler
-        status = "interrupted"
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP through the CLI's handler
+        status, error = "interrupted", (str(exc) or "SIGINT")
         raise
     except BaseException as exc:
-        status, error = "failed", (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        status, error = "failed", _one_line(exc)
         raise
     finally:
         torch.set_num_threads(threads_before)
@@ -135,12 +147,28 @@ def run(
         if out_dir is not None:
             if rows:
                 plot = out_dir / "accuracy.png"
-                plot_curves({describe(config): rows}, atomic_path(plot), title=_title(config))
-                os.replace(atomic_path(plot), plot)
+                try:
+                    plot_curves({describe(config): rows}, atomic_path(plot), title=_title(config))
+                    os.replace(atomic_path(plot), plot)
+                except Exception:  # noqa: BLE001 - a plot that cannot be drawn must not lose the summary
+                    atomic_path(plot).unlink(missing_ok=True)
             release_folder(out_dir, summary)
             if created and not rows:  # failed before anything was written: leave no folder behind
                 shutil.rmtree(out_dir, ignore_errors=True)
     return summary
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    b = b.parent if b.is_file() else b  # --resume may name the checkpoint file itself
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
 def _chain(first: dict[str, float], rest: Iterator[dict[str, float]]) -> Iterator[dict[str, float]]:
@@ -176,8 +204,10 @@ def _summary(
         "seconds_per_iteration": last["time"] / done if done else None,
         "wall_seconds": wall,
         "status": status,
-        **({"error": error} if error else {}),
+        # failed: the one-line error; interrupted: the signal (SIGTERM, SIGHUP or SIGINT)
+        **({"error": error} if status == "failed" else {"signal": error} if status == "interrupted" else {}),
         "interrupted": status == "interrupted",
+        "planned_iterations": config.iterations,
         "engine": config.engine,
         **extra,
     }

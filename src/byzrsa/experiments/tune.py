@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from byzrsa.config import RunConfig
+from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.engines.common import validate
 from byzrsa.errors import ConfigError
 
@@ -43,7 +43,7 @@ def parse_grid(text: str, what: str = "grid") -> list[float]:
 
 
 def tune(
-    config: RunConfig,
+    config: RunConfig | Mapping[str, Any],
     lrs: Sequence[float],
     lams: Sequence[float] | None = None,
     *,
@@ -53,16 +53,50 @@ def tune(
 ) -> dict[str, Any]:
     """Run ``config`` at every (lr[, lam]) of the grid; return the table and the best point.
 
-    Writes ``out/tune.json`` and ``out/tune.md``. ``lams`` only applies to RSA.
+    Writes ``out/tune.json`` and ``out/tune.md`` (atomically), holding the
+    folder's lock throughout, like ``reproduce``. ``lams`` only applies to RSA.
+    Every input is checked before any run starts.
     """
-    from byzrsa.experiments.paper import execute
+    from byzrsa.experiments.folders import check_folder
+    from byzrsa.experiments.paper import _exclusive
+
+    if isinstance(config, Mapping):
+        config = config_from_dict(config)
+    elif not isinstance(config, RunConfig):
+        raise ConfigError(f"tune() takes a RunConfig or a mapping of settings, got {type(config).__name__}")
+    validate(config)  # the user's own settings (e.g. threads), which the grid's run keys leave out
+    lrs = [_grid_value(v, "grid") for v in lrs]
+    lams = [_grid_value(v, "lam-grid") for v in lams] if lams else None
+    if not lrs:
+        raise ConfigError("--grid is empty")
+    if lams and config.method != "rsa":
+        raise ConfigError("--lam-grid only applies to --method rsa")
+    out = check_folder(out)
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs}")
+    with _exclusive(out):
+        return _tune(config, lrs, lams, out, jobs, quiet)
+
+
+def _grid_value(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{what}: {value!r} is not a number") from None
+    if not number > 0 or not math.isfinite(number):
+        raise ConfigError(f"--{what}: values must be positive and finite, got {value}")
+    return number
+
+
+def _tune(
+    config: RunConfig, lrs: list[float], lams: list[float] | None, out: Path, jobs: int | None, quiet: bool
+) -> dict[str, Any]:
+    from byzrsa.experiments.folders import atomic_write_text
+    from byzrsa.experiments.paper import execute, is_done, run_folder
     from byzrsa.experiments.plan import canonical, run_key
     from byzrsa.experiments.report import final_values
     from byzrsa.experiments.runner import read_metrics
 
-    out = Path(out)
-    if lams and config.method != "rsa":
-        raise ConfigError("--lam-grid only applies to --method rsa")
     points = [(lr, lam) for lr in lrs for lam in (lams or [config.lam])]
     configs = {}
     for lr, lam in points:
@@ -74,8 +108,8 @@ def tune(
     rows = []
     for (lr, lam), c in configs.items():
         key = run_key(c)
-        folder = out / "runs" / key
-        if key in failures or not (folder / "summary.json").exists():
+        folder = run_folder(out, key)
+        if key in failures or not is_done(out, key, c.iterations):
             rows.append({"lr": lr, "lam": lam, "key": key, "final_accuracy": None, "error": failures.get(key, "missing")})
             continue
         final = final_values(read_metrics(folder))
@@ -97,8 +131,8 @@ def tune(
         "best_on_grid_edge": edge,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tune.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "tune.md").write_text(format_table(result) + "\n")
+    atomic_write_text(out / "tune.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "tune.md", format_table(result) + "\n")
     return result
 
 

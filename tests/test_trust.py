@@ -1,0 +1,302 @@
+"""Nothing lost, nothing misleading (issue 9), beyond tests/test_folders.py.
+
+Signals to whole process groups and SIGKILL of a reproduction (its pool
+workers must not outlive it or publish runs), folders whose markers or files
+lie, ``--overwrite`` and ``--resume`` that never mix two runs, and the
+simulator's resumed float64 trajectory equal to the uninterrupted one in every
+row and every piece of state. Tests that start processes mark them with an
+environment variable, end them, and assert that none remain.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from byzrsa.cli import main
+from byzrsa.errors import ByzrsaError, ConfigError
+from byzrsa.experiments.folders import MARKER, run_state
+from byzrsa.experiments.runner import run
+
+SMALL = dict(dataset="digits", workers=4, iterations=20, eval_every=10)
+
+DROPOUT_NET = '''
+import math
+from torch import nn
+
+
+def Net(input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 16), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(16, num_classes))
+'''
+
+
+def _marked(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _wait_gone(marker: str, timeout: float = 20) -> list[int]:
+    deadline = time.time() + timeout
+    while _marked(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    return _marked(marker)
+
+
+def _end(marker: str) -> None:
+    for pid in _marked(marker):  # only processes this test started carry its marker
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _start(args: list[str], marker: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "BYZRSA_TEST_MARK": marker}
+    return subprocess.Popen([sys.executable, "-m", "byzrsa.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+def _wait_for_pool(out: Path, marker: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list((out / "runs").glob(".tmp-*/metrics.csv")) and len(_marked(marker)) >= 3:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the pool never started a run")
+
+
+def _published(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))
+
+
+# ------------------------------------------------------------------------------- signals
+
+
+def test_tune_ended_by_a_group_sigterm_leaves_no_process_and_valid_folders(tmp_path):
+    """A batch scheduler signals the whole process group: the command, its pool workers and the tracker."""
+    out, marker = tmp_path / "tune", f"byzrsa-test-{uuid.uuid4()}"
+    proc = _start(["tune", "--grid", "1e-4,3e-4,1e-3", "--dataset", "mnist-sample", "--iterations", "3000",
+                   "--eval-every", "20", "--jobs", "2", "--out", str(out), "--quiet"], marker, start_new_session=True)
+    try:
+        _wait_for_pool(out, marker)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+        assert "interrupted" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        assert _wait_gone(marker) == []
+        published = _published(out)
+        time.sleep(2)  # nothing keeps working after the command has gone
+        assert _published(out) == published
+        assert all(run_state(out / "runs" / key) == "completed" for key in published)
+        assert not (out / "tune.json").exists()
+    finally:
+        _end(marker)
+
+
+def test_sigkilled_reproduce_takes_its_pool_with_it(tmp_path):
+    """SIGKILL cannot be handled: the pool workers notice their parent's death, end, and publish nothing."""
+    out, marker = tmp_path / "rep", f"byzrsa-test-{uuid.uuid4()}"
+    proc = _start(["reproduce", "fig4a", "--iterations", "1000000", "--eval-every", "20", "--quiet", "--jobs", "2",
+                   "--out", str(out)], marker)
+    try:
+        _wait_for_pool(out, marker)
+        proc.kill()
+        proc.wait(timeout=30)
+        assert _wait_gone(marker, timeout=10) == []  # pool workers (mid-run) and the resource tracker
+        published = _published(out)
+        time.sleep(2)
+        assert _published(out) == published
+        for tmp in (out / "runs").glob(".tmp-*"):  # what the dead workers left says so by itself
+            assert run_state(tmp) in ("killed", "missing")
+    finally:
+        _end(marker)
+    # The next invocation takes the lock the dead one held, and clears its leftovers.
+    from byzrsa.experiments.paper import execute
+    from byzrsa.experiments.plan import base_settings, plan
+
+    runs = dict(list(plan(["fig4a"], base_settings("mnist-sample", iterations=5)).runs.items())[:1])
+    assert execute(runs, out, jobs=1, quiet=True)[0] == {}
+    assert not list((out / "runs").glob(".tmp-*"))
+
+
+# ------------------------------------------------------------------------- folder states
+
+
+def test_markers_of_other_processes_and_other_boots_read_killed(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    parent = os.getppid()
+    for text in (f"{parent} - 1\n", f"{parent} not-this-boot -\n", "999999999\n", "garbage\n", ""):
+        (out / MARKER).write_text(text)
+        assert run_state(out) == "killed", text
+    (out / MARKER).write_text(f"{parent}\n")  # a bare pid of a live process (older markers)
+    assert run_state(out) == "running"
+
+
+def test_every_way_a_summary_can_lie_reads_corrupt(tmp_path):
+    run(SMALL, tmp_path / "good")
+    good = tmp_path / "good"
+    assert run_state(good) == "completed"
+    assert run_state(good, iterations=21) == "corrupt"
+    texts = {"summary.json": ["", "[1, 2]", '{"status": 3}', '{"status": "finished"}', "\x00\xff"],
+             "metrics.csv": ["", "iteration\n", "iteration,accuracy\nten,1\n", "iteration\n10\n"],
+             "config.json": ['{"iterations": 30}']}
+    for name, variants in texts.items():
+        for text in variants:
+            folder = tmp_path / f"bad-{uuid.uuid4().hex[:6]}"
+            folder.mkdir()
+            for other in ("summary.json", "metrics.csv", "config.json"):
+                (folder / other).write_bytes((good / other).read_bytes())
+            (folder / name).write_text(text, errors="surrogateescape")
+            assert run_state(folder) == "corrupt", (name, text)
+    (tmp_path / "a-file").write_text("x")
+    assert run_state(tmp_path / "a-file") == "corrupt"
+    assert run_state(tmp_path / "nothing") == "missing"
+
+
+def test_interrupted_summary_says_where_and_why(tmp_path, monkeypatch):
+    import byzrsa.experiments.runner as runner
+
+    real = runner._rows
+
+    def interrupted(*args, **kwargs):
+        for row in real(*args, **kwargs):
+            yield row
+            if row["iteration"] == 10:
+                raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(runner, "_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(SMALL, tmp_path / "r")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert summary["iterations"] == 10 and summary["planned_iterations"] == 20
+    assert run_state(tmp_path / "r") == "interrupted" and not (tmp_path / "r" / MARKER).exists()
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_starts(tmp_path):
+    out = tmp_path / "r"
+    run(SMALL, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ByzrsaError):  # a data error surfaces after the folder was claimed
+        run({**SMALL, "dataset": "mnist", "data_dir": str(tmp_path / "no-data")}, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and run_state(out) == "completed"
+
+
+def test_resume_never_writes_into_a_folder_holding_another_run(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run({**SMALL, "checkpoint_every": 10}, a)
+    run({**SMALL, "seed": 3}, b)
+    before = (b / "summary.json").read_text()
+    args = ["run", "--resume", str(a), "--out", str(b), "--quiet"]
+    assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
+    assert (b / "summary.json").read_text() == before
+    assert main(["run", "--resume", str(a), "--overwrite", "--quiet"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0 and run_state(b) == "completed"
+    assert json.loads((b / "config.json").read_text())["seed"] == 0
+
+
+def test_refused_concurrent_execute_writes_nothing(tmp_path):
+    from byzrsa.experiments.tune import tune
+
+    out = tmp_path / "t"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a'); "
+         "fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(out / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="another byzrsa"):
+            tune(SMALL, [1e-3, 1e-2], out=out, jobs=1, quiet=True)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no runs/, no tune.json
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_float32_overflow_is_refused_for_both_engines_before_any_process(tmp_path):
+    for engine in ("sim", "dist"):
+        with pytest.raises(ConfigError, match="overflows float32"):
+            run({**SMALL, "engine": engine, "byzantine": 1, "attack": "same-value", "attack.c": 1e39}, tmp_path / engine)
+        assert not (tmp_path / engine).exists()
+
+
+# ------------------------------------------------------------------------------- resume
+
+RESUMED = [
+    dict(method="rsa", norm="linf", attack="sign-flip", master_order="gauss-seidel"),
+    dict(method="cclip", pre="bucketing", momentum=0.5, attack="alie", model="toy_dropout_net:Net",
+         plugins="toy_dropout_net"),
+    dict(method="krum", attack="ipm"),
+]
+
+
+@pytest.mark.parametrize("settings", RESUMED, ids=["rsa-linf-signflip", "cclip-bucketing-dropout", "krum-ipm"])
+def test_resumed_trajectory_equals_the_uninterrupted_one_everywhere(tmp_path, monkeypatch, settings):
+    """Every metrics row and every piece of saved state equal, bit for bit, in float64 (time aside)."""
+    (tmp_path / "toy_dropout_net.py").write_text(DROPOUT_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = dict(dataset="digits", workers=5, byzantine=1, batch_size=4, iterations=40, eval_every=5,
+                dtype="float64", lr=0.05, checkpoint_every=10, **settings)
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    run(base, whole)
+    run({**base, "iterations": 35}, part)  # last checkpoint at 30, rows up to 35: the resume redoes 31..35
+    assert main(["run", "--resume", str(part), "--iterations", "40", "--quiet"]) == 0
+    assert run_state(part) == "completed"
+
+    def rows(folder):
+        with open(folder / "metrics.csv", newline="") as handle:
+            return [{k: v for k, v in r.items() if k != "time"} for r in csv.DictReader(handle)]
+
+    assert rows(whole) == rows(part) and len(rows(whole)) == 9
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)["sim"]
+    b = torch.load(part / "checkpoint.pt", weights_only=False)["sim"]
+    _assert_same(a, b)
+
+
+def _assert_same(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_resume_refuses_damaged_or_short_checkpoints(tmp_path, capsys):
+    out = tmp_path / "r"
+    run({**SMALL, "checkpoint_every": 10}, out)
+    assert main(["run", "--resume", str(out), "--iterations", "5", "--quiet"]) == 2
+    assert "beyond this run's 5 iterations" in capsys.readouterr().err
+    (out / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:100])
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read" in err[0]
+    assert run_state(out) == "completed"  # the refused resumes left the folder as it was
