@@ -11,7 +11,6 @@ import torch
 from byzrsa.data import load_dataset
 from byzrsa.engines.common import build_problem
 from byzrsa.engines.sim import Simulator
-from byzrsa.config import RunConfig
 
 from reference import make_config, reference_run
 
