@@ -182,3 +182,23 @@ def test_dist_optimised_attack_probes_with_fresh_server_state(tmp_path, dist_hel
     dist_helpers.assert_rows_equal(rows, read_metrics(out))
     torch.testing.assert_close(dist_helpers.final_x0(out), x0, rtol=0, atol=1e-10)
     assert not torch.allclose(own_x0, x0, rtol=0, atol=1e-10)
+
+
+def test_mimic_on_rsa_with_warmup_one_is_copy_of_worker_zero(synthetic) -> None:
+    """docs/attacks.md: in round 0 every RSA local model is the common start, so every projection is 0 and
+    mimic's first-index tie-break picks worker 0 for good; the trajectory is then copy's, bit for bit. With
+    a longer warmup mimic chooses on differing models and the trajectory differs."""
+
+    def final_x0(attack: str, **options) -> torch.Tensor:
+        config = make_config(dataset="synthetic", workers=7, byzantine=2, batch_size=4, dtype="float64",
+                             split="iid", seed=5, lr=0.05, lam=0.05, method="rsa", attack=attack)
+        config = config.replace(**{f"attack.{k}": v for k, v in options.items()})
+        sim = Simulator(build_problem(config, synthetic))
+        with torch.no_grad():
+            for _ in range(30):
+                sim.step()
+        return sim.x0
+
+    copied = final_x0("copy", copy_from=0)
+    assert torch.equal(final_x0("mimic", warmup=1), copied)
+    assert not torch.equal(final_x0("mimic", warmup=5), copied)
