@@ -50,7 +50,7 @@ HELP: dict[str, str] = {
     "seed": "random seed of the run (>= 0)",
     "dtype": "float32 or float64",
     "device": "cpu, cuda or cuda:N",
-    "threads": "torch CPU threads (default: 1 on CPU, see docs/performance.md)",
+    "threads": "torch CPU threads (default on CPU: the idle cores, at least 1; see docs/performance.md, Threads)",
     "engine": "sim (vectorised simulator) or dist (one process per worker, torch.distributed)",
     "backend": "dist engine: gloo or nccl",
     "timeout": "dist engine: seconds before a silent worker is declared dead",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from byzrsa.config import RunConfig
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, config_int
 from byzrsa.experiments.folders import atomic_write_text, check_folder, run_state
 from byzrsa.experiments.plan import Plan, base_settings, plan, resolve_figures
 from byzrsa.experiments.presets import FIGURES, PAPER_SETTING
@@ -161,8 +161,8 @@ def execute(
     of the whole batch.
     """
     out = check_folder(out)
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs}")
+    if jobs is not None:
+        config_int(jobs, "--jobs", minimum=1)
     for key, config in runs.items():
         if not isinstance(config, RunConfig):
             raise ConfigError(f"execute() takes run configs (RunConfig), got {type(config).__name__} for {key}")
@@ -374,8 +374,8 @@ def reproduce(
     """Run, draw and report the chosen figures (and the theory checks); return a summary dict."""
 
     out = check_folder(out)
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs}")
+    if jobs is not None:
+        config_int(jobs, "--jobs", minimum=1)
     names = resolve_figures(figures)
     base = base_settings(dataset, data_dir, quick, iterations, eval_every, overrides)
     the_plan = plan(names, base, compare_order=compare_order)

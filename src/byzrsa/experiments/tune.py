@@ -17,7 +17,7 @@ from typing import Any
 
 from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.engines.common import validate
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, config_int
 
 __all__ = ["parse_grid", "tune"]
 
@@ -72,8 +72,8 @@ def tune(
     if lams and config.method != "rsa":
         raise ConfigError("--lam-grid only applies to --method rsa")
     out = check_folder(out)
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs}")
+    if jobs is not None:
+        config_int(jobs, "--jobs", minimum=1)
     with _exclusive(out):
         return _tune(config, lrs, lams, out, jobs, quiet)
 
