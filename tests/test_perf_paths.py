@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,6 +324,32 @@ def test_problem_gather_gives_softmax_its_rows_and_networks_tensors() -> None:
 
 
 # ----------------------------------------------------------------------------- simulate's process settings
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="the runnable count is read from Linux's /proc")
+def test_busy_cores_counts_other_runnable_processes_at_once() -> None:
+    """Two spinning processes count as two busy cores the moment they run (a load average would lag)."""
+    import subprocess
+
+    from byzrsa.engines.sim import _busy_cores
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        assert _busy_cores() >= 2.0
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+
+
+def test_pinned_default_threads_holds_until_changed(monkeypatch) -> None:
+    import byzrsa.engines.sim as sim_module
+
+    monkeypatch.setattr(sim_module, "_DEFAULT_THREADS", None)
+    sim_module.pin_default_threads(1)
+    monkeypatch.setattr(sim_module, "_busy_cores", lambda: 0.0)
+    assert default_threads() == 1  # a pool worker keeps one thread however idle the cores look
 
 
 def test_default_threads_rule() -> None:

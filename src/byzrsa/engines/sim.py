@@ -34,7 +34,7 @@ from byzrsa.methods import (
 )
 from byzrsa.penalties import subgradient
 
-__all__ = ["Simulator", "simulate", "default_threads", "reuse_freed_memory"]
+__all__ = ["Simulator", "simulate", "default_threads", "pin_default_threads", "reuse_freed_memory"]
 
 
 class Simulator:
@@ -172,9 +172,9 @@ def simulate(
 
     Threads: with ``threads`` unset, a CPU run uses :func:`default_threads`
     torch threads (restored afterwards): as many as there are idle cores, at
-    least one, where idle = cores available to the process minus the load of the
-    other processes (the larger of the 1-minute load average and the processes
-    runnable right now), decided once per process. OpenMP threads that share a
+    least one, where idle = cores available to the process minus the processes
+    runnable right now besides this one (a median over ~40 ms), decided once per
+    process. OpenMP threads that share a
     core with another process wait for each other at every operation (up to 12x
     slower per step, docs/performance.md), so a loaded machine gets one thread.
     Set ``threads`` to override, and to make a run's last bits independent of
@@ -224,17 +224,27 @@ def simulate(
 _DEFAULT_THREADS: int | None = None
 
 
-def _busy_cores() -> float:
-    """Cores the other processes keep busy: max(1-minute load average, runnable processes now - this one)."""
+def _busy_cores(samples: int = 9, interval: float = 0.005) -> float:
+    """Cores the other processes keep busy now: the median over ~40 ms of the runnable count minus this one.
+
+    Not the load average: it trails the machine by minutes, so right after a
+    job ends a quiet machine would still read as loaded (measured: 1.7 a minute
+    after a reproduction, when 2 threads were 1.5x faster). The median of a
+    few samples ignores a process that runs for an instant.
+    """
+    counts = []
     try:
-        with open("/proc/loadavg") as handle:
-            fields = handle.read().split()
-        return max(float(fields[0]), float(fields[3].split("/")[0]) - 1.0)
+        for i in range(samples):
+            if i:
+                time.sleep(interval)
+            with open("/proc/loadavg") as handle:  # field 4: runnable / all, this process included
+                counts.append(float(handle.read().split()[3].split("/")[0]) - 1.0)
     except (OSError, IndexError, ValueError):
         try:
             return os.getloadavg()[0]
         except OSError:
             return 0.0
+    return max(0.0, sorted(counts)[len(counts) // 2])
 
 
 def _cores() -> int:
@@ -242,6 +252,17 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def pin_default_threads(threads: int) -> None:
+    """Make :func:`default_threads` answer ``threads`` in this process (a pool worker of a parallel batch).
+
+    Processes started together cannot see each other's load yet: two of them on
+    two idle cores would each take both cores, and oversubscribed OpenMP threads
+    are up to 12x slower (docs/performance.md, Threads).
+    """
+    global _DEFAULT_THREADS
+    _DEFAULT_THREADS = max(1, int(threads))
 
 
 def default_threads(cores: int | None = None, busy: float | None = None) -> int:

@@ -56,7 +56,10 @@ def _init_process() -> None:
     global _PARENT
     import torch
 
+    from byzrsa.engines.sim import pin_default_threads
+
     torch.set_num_threads(1)
+    pin_default_threads(1)  # a run's default would otherwise count idle cores its siblings are about to take
     _PARENT = os.getppid()
     if sys.platform.startswith("linux"):
         try:
