@@ -82,6 +82,7 @@ def time_one(m: int, rounds: int) -> dict[str, Any]:
     """In this process: the steps at m and at 20, and the loop at m, interleaved."""
     from authors_loop import AuthorsLoop
 
+    from byzrsa.engines.common import subnormals_flushed
     from byzrsa.engines.sim import reuse_freed_memory
 
     torch.set_num_threads(1)
@@ -89,7 +90,8 @@ def time_one(m: int, rounds: int) -> dict[str, Any]:
     sizes = [m] if m == 20 else [20, m]
     cases: dict[str, Any] = {}
     facts: dict[str, Any] = {}
-    with reuse_freed_memory():  # what simulate() does for a run
+    # What simulate() does for a run; the flushed subnormals apply to the loop's NumPy too (same thread).
+    with reuse_freed_memory(), subnormals_flushed():
         for size in sizes:
             sims = _sims(size, dataset)
             pb = sims["rsa-l1"].problem

@@ -436,3 +436,15 @@ def krum_scores_of(x: torch.Tensor) -> torch.Tensor:
     from byzrsa.aggregators import krum_scores
 
     return krum_scores(x, 1)
+
+
+def test_simulate_flushes_subnormals_and_restores_the_mode() -> None:
+    """A float32 subnormal reads as 0 inside a CPU run and as itself again after (docs/performance.md)."""
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    assert float(tiny * 1) != 0.0  # the default mode keeps subnormals
+    seen: list[float] = []
+    config = config_from_dict(dict(dataset="synthetic", workers=4, iterations=2, eval_every=1))
+    for _ in simulate(build_problem(config)):
+        seen.append(float(tiny * 1))
+    assert seen and all(v == 0.0 for v in seen)
+    assert float(tiny * 1) != 0.0

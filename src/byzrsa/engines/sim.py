@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from byzrsa.engines.common import CHECKPOINT_NAME, Problem, config_identity
+from byzrsa.engines.common import CHECKPOINT_NAME, Problem, config_identity, subnormals_flushed
 from byzrsa.errors import ConfigError
 from byzrsa.methods import (
     aggregation_step,
@@ -180,6 +180,9 @@ def simulate(
     Set ``threads`` to override, and to make a run's last bits independent of
     the machine's load (reductions split over threads round differently).
 
+    Subnormals: a CPU run treats float subnormals as zero
+    (:func:`~byzrsa.engines.common.subnormals_flushed`), as every engine does.
+
     Memory: a CPU run keeps the memory its steps free for the next steps
     (:func:`reuse_freed_memory`): fresh pages from the kernel cost more than the
     arithmetic on them once the ``(m, d)`` temporaries outgrow the allocator's
@@ -189,9 +192,11 @@ def simulate(
     previous = torch.get_num_threads()
     if c.threads is None and problem.device.type == "cpu":
         torch.set_num_threads(default_threads())
-    memory = reuse_freed_memory() if problem.device.type == "cpu" else contextlib.nullcontext()
+    stack = contextlib.ExitStack()
     try:
-        memory.__enter__()
+        if problem.device.type == "cpu":
+            stack.enter_context(reuse_freed_memory())
+            stack.enter_context(subnormals_flushed())
         sim = Simulator(problem)
         rows: list[dict[str, float]] = []
         if resume is not None:
@@ -217,7 +222,7 @@ def simulate(
             if c.checkpoint_every and checkpoint_dir is not None and sim.k % c.checkpoint_every == 0:
                 _save_checkpoint(sim, rows, train_seconds, checkpoint_dir)
     finally:
-        memory.__exit__(None, None, None)
+        stack.close()
         torch.set_num_threads(previous)
 
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from byzrsa.config import RunConfig
-from byzrsa.engines.common import Problem, build_parts
+from byzrsa.engines.common import Problem, build_parts, subnormals_flushed
 from byzrsa.engines.dist.faults import FaultPlan
 from byzrsa.engines.dist.master import Master
 from byzrsa.engines.dist.transport import (
@@ -73,6 +73,7 @@ def _local_worker_process(spec_blob: bytes, rank: int, world: int, store_path: s
     try:
         spec = WorkerSpec.from_bytes(spec_blob)
         torch.set_num_threads(spec.config.threads or 1)
+        torch.set_flush_denormal(True)  # this process's arithmetic is the simulator's (engines.common.subnormals_flushed)
 
         def watch() -> None:  # the launching process died: nothing will ever stop us
             try:
@@ -282,6 +283,8 @@ def run_local(
     session = _ATTACHED
     device = problem.device
     with contextlib.ExitStack() as stack:
+        if device.type == "cpu":
+            stack.enter_context(subnormals_flushed())  # as the simulator and the workers: the same numbers
         if session is None:
             session = stack.enter_context(LocalLaunch(problem, faults))
             fingerprints = None  # the master handed out the shards itself
