@@ -129,7 +129,8 @@ def run_steps(models: list[str], workers: list[int], quick: bool) -> list[dict[s
     from byzrsa.config import config_from_dict
     from byzrsa.data import load_dataset
     from byzrsa.engines.common import build_problem
-    from byzrsa.engines.sim import Simulator, reuse_freed_memory
+    from byzrsa.engines.cpu import reuse_freed_memory
+    from byzrsa.engines.sim import Simulator
 
     rows = []
     for m in workers:

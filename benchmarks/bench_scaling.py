@@ -82,8 +82,7 @@ def time_one(m: int, rounds: int) -> dict[str, Any]:
     """In this process: the steps at m and at 20, and the loop at m, interleaved."""
     from authors_loop import AuthorsLoop
 
-    from byzrsa.engines.common import subnormals_flushed
-    from byzrsa.engines.sim import reuse_freed_memory
+    from byzrsa.engines.cpu import reuse_freed_memory, subnormals_flushed
 
     torch.set_num_threads(1)
     dataset = _load(m)
@@ -119,7 +118,8 @@ def memory_one(m: int, steps: int = 3) -> dict[str, Any]:
     """In this process: peak RSS of the RSA simulator at m, and what it is made of."""
     from byzrsa.config import config_from_dict
     from byzrsa.engines.common import build_problem
-    from byzrsa.engines.sim import Simulator, reuse_freed_memory
+    from byzrsa.engines.cpu import reuse_freed_memory
+    from byzrsa.engines.sim import Simulator
 
     torch.set_num_threads(1)
     dataset = _load(m)

@@ -164,14 +164,14 @@ def threads_under(quick: bool, hogs: int = 0) -> tuple[dict[str, Any], dict[str,
     """The condition and the wall times per step with 1, 2 and the default's torch threads, interleaved.
 
     ``hogs`` busy processes (one pure-Python spin loop each) run alongside: the
-    loaded condition. The rule's pick (:func:`byzrsa.engines.sim.default_threads`)
+    loaded condition. The rule's pick (:func:`byzrsa.engines.cpu.default_threads`)
     is evaluated under the same condition, after the hogs have run for a few seconds.
     """
     import subprocess
     import sys
     import time
 
-    from byzrsa.engines.sim import _busy_cores, _cores, default_threads
+    from byzrsa.engines.cpu import _busy_cores, _cores, default_threads
 
     before = torch.get_num_threads()
     sizes = [20] if quick else [20, 100, 1000]

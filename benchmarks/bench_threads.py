@@ -4,7 +4,7 @@
 
 Issue 11, item 4. For each condition, the paper-setting steps (RSA l1 and Ideal
 SGD, q = 40% same-value, m = 20, 100, 1000) run with 1 and 2 torch threads and
-with the count :func:`byzrsa.engines.sim.default_threads` picks under that
+with the count :func:`byzrsa.engines.cpu.default_threads` picks under that
 condition, interleaved (``bench_sim.threads_under``); wall time per step, the
 measure a user waits on. "quiet" is the machine as it is (its load average is
 reported: on a shared machine it may not be quiet); "loaded" adds ``--hogs``

@@ -25,7 +25,8 @@ from byzrsa.aggregators._common import _half_sum, _middle, _nan_as_inf, _non_fin
 from byzrsa.config import config_from_dict
 from byzrsa.data import load_dataset
 from byzrsa.engines.common import build_problem
-from byzrsa.engines.sim import Simulator, default_threads, reuse_freed_memory, simulate
+from byzrsa.engines.cpu import default_threads, reuse_freed_memory
+from byzrsa.engines.sim import Simulator, simulate
 from byzrsa.errors import ConfigError
 from byzrsa.models import Rows, SoftmaxRegression
 
@@ -331,7 +332,7 @@ def test_busy_cores_counts_other_runnable_processes_at_once() -> None:
     """Two spinning processes count as two busy cores the moment they run (a load average would lag)."""
     import subprocess
 
-    from byzrsa.engines.sim import _busy_cores
+    from byzrsa.engines.cpu import _busy_cores
 
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
@@ -344,11 +345,11 @@ def test_busy_cores_counts_other_runnable_processes_at_once() -> None:
 
 
 def test_pinned_default_threads_holds_until_changed(monkeypatch) -> None:
-    import byzrsa.engines.sim as sim_module
+    import byzrsa.engines.cpu as cpu_module
 
-    monkeypatch.setattr(sim_module, "_DEFAULT_THREADS", None)
-    sim_module.pin_default_threads(1)
-    monkeypatch.setattr(sim_module, "_busy_cores", lambda: 0.0)
+    monkeypatch.setattr(cpu_module, "_DEFAULT_THREADS", None)
+    cpu_module.pin_default_threads(1)
+    monkeypatch.setattr(cpu_module, "_busy_cores", lambda: 0.0)
     assert default_threads() == 1  # a pool worker keeps one thread however idle the cores look
 
 
@@ -369,23 +370,23 @@ def test_simulate_restores_threads_and_memory_settings() -> None:
     rows = list(simulate(build_problem(config)))
     assert [int(r["iteration"]) for r in rows] == [0, 2, 4]
     assert torch.get_num_threads() == before
-    sim_module = sys.modules["byzrsa.engines.sim"]
+    cpu_module = sys.modules["byzrsa.engines.cpu"]
     with reuse_freed_memory():
         with reuse_freed_memory():
             big = torch.empty(10**7).fill_(1.0)
-        assert sim_module._REUSING == 1  # nested blocks: the outer one still holds the setting
+        assert cpu_module._REUSING == 1  # nested blocks: the outer one still holds the setting
         del big
-    assert sim_module._REUSING == 0
+    assert cpu_module._REUSING == 0
 
 
 def test_load_does_not_change_a_runs_thread_count_mid_process(monkeypatch) -> None:
-    import byzrsa.engines.sim as sim_module
+    import byzrsa.engines.cpu as cpu_module
 
-    monkeypatch.setattr(sim_module, "_DEFAULT_THREADS", None)
-    monkeypatch.setattr(sim_module, "_busy_cores", lambda: 0.0)
-    monkeypatch.setattr(sim_module, "_cores", lambda: 3)
+    monkeypatch.setattr(cpu_module, "_DEFAULT_THREADS", None)
+    monkeypatch.setattr(cpu_module, "_busy_cores", lambda: 0.0)
+    monkeypatch.setattr(cpu_module, "_cores", lambda: 3)
     assert default_threads() == 3
-    monkeypatch.setattr(sim_module, "_busy_cores", lambda: 9.0)
+    monkeypatch.setattr(cpu_module, "_busy_cores", lambda: 9.0)
     assert default_threads() == 3  # the process keeps its first answer
     assert default_threads(cores=3, busy=9.0) == 1
 

@@ -163,7 +163,7 @@ def _run(config: Any, args: argparse.Namespace, rank: int, world: int) -> int:
         return 0
     if config.threads is None:
         torch.set_num_threads(1)  # one process per worker: threads would only compete
-    torch.set_flush_denormal(True)  # the simulator's arithmetic (engines.common.subnormals_flushed)
+    torch.set_flush_denormal(True)  # the simulator's arithmetic (engines.cpu.subnormals_flushed)
     problem = build_problem(config)
     faults = engine.FaultPlan.from_env()  # a test's fault plan, read once here
     spec = engine.spec_from_problem(problem, rank - 1, faults.of(rank - 1))

@@ -8,14 +8,13 @@ reproduce the simulator's trajectory.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import importlib
 import json
 import math
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,25 +320,6 @@ def _check_memory(config: RunConfig, dataset: Dataset, dim: int | None) -> None:
             f"minibatches {gib(batches):.1f}) but {gib(available):.1f} GiB are available: reduce workers, "
             "batch_size or the model"
         )
-
-
-@contextlib.contextmanager
-def subnormals_flushed() -> Iterator[None]:
-    """Within the block, float subnormals on the CPU are read and written as zero (FTZ/DAZ); restored after.
-
-    Softmax gradients on raw pixels hold entries below 1.2e-38 (probabilities that
-    underflow), and products of them are subnormal too: x86 computes those ~10x
-    slower, which made Krum's Gram product 1.1 ms instead of 0.13 ms at (20, 7850)
-    and a Krum run 2.4x slower (docs/performance.md). Every engine process that
-    computes (the simulator, the dist master and workers, Flower's apps) runs in
-    this mode, so the engines keep giving the same numbers; values of magnitude
-    1e-38 (float32) or 2e-308 (float64) and below become 0.
-    """
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def build_parts(config: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> Parts:

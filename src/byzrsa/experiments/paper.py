@@ -56,7 +56,7 @@ def _init_process() -> None:
     global _PARENT
     import torch
 
-    from byzrsa.engines.sim import pin_default_threads
+    from byzrsa.engines.cpu import pin_default_threads
 
     torch.set_num_threads(1)
     pin_default_threads(1)  # a run's default would otherwise count idle cores its siblings are about to take

@@ -22,7 +22,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from byzrsa.config import RunConfig
-from byzrsa.engines.common import Problem, build_parts, subnormals_flushed
+from byzrsa.engines.common import Problem, build_parts
+from byzrsa.engines.cpu import subnormals_flushed
 from byzrsa.engines.dist.faults import FaultPlan
 from byzrsa.engines.dist.master import Master
 from byzrsa.engines.dist.transport import (
@@ -73,7 +74,7 @@ def _local_worker_process(spec_blob: bytes, rank: int, world: int, store_path: s
     try:
         spec = WorkerSpec.from_bytes(spec_blob)
         torch.set_num_threads(spec.config.threads or 1)
-        torch.set_flush_denormal(True)  # this process's arithmetic is the simulator's (engines.common.subnormals_flushed)
+        torch.set_flush_denormal(True)  # this process's arithmetic is the simulator's (engines.cpu.subnormals_flushed)
 
         def watch() -> None:  # the launching process died: nothing will ever stop us
             try:

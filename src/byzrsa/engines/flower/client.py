@@ -131,7 +131,7 @@ class ClientWorker:
 def _threads(job: Job) -> None:
     # Many ClientApps share the machine's cores; one thread each, unless the config says otherwise.
     torch.set_num_threads(job.config.threads or 1)
-    torch.set_flush_denormal(True)  # the simulator's arithmetic (engines.common.subnormals_flushed)
+    torch.set_flush_denormal(True)  # the simulator's arithmetic (engines.cpu.subnormals_flushed)
 
 
 def _hello(message: Message, context: Context, run_config: Mapping[str, Any]) -> Message:

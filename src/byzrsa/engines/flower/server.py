@@ -136,7 +136,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     c, settings = job.config, job.settings
     if c.threads is not None:
         torch.set_num_threads(c.threads)
-    torch.set_flush_denormal(True)  # the simulator's arithmetic (engines.common.subnormals_flushed)
+    torch.set_flush_denormal(True)  # the simulator's arithmetic (engines.cpu.subnormals_flushed)
     results = Results(settings.results_dir, job)
     strategy = None
     status, error = "failed", ""
