@@ -258,3 +258,23 @@ def test_untuned_is_marked(tmp_path):
     assert result["tuning_runs"] == 0 and "(UNTUNED)" in report and "Only 1 seed" in report
     cells = json.loads((tmp_path / "cells.json").read_text())["cells"]
     assert all(not c["tuned"] and c["values"] == {"lr": 0.3} for c in cells)
+
+
+def test_one_seed_gives_no_verdict_of_tie_or_loss():
+    """With one seed there is no interval: a gap is reported as such, never as "within the CI of the best"."""
+    from byzrsa.experiments.bench_report import _breaks_text, verdicts
+    from byzrsa.experiments.bench_stats import CellResult
+
+    def cell(method, attack, *values):
+        return CellResult("s", method, attack, {}, summarise(values), dict(enumerate(values)))
+
+    one = [cell("RSA", "alie", 0.10), cell("CClip", "alie", 0.90)]
+    v = verdicts(one, ["RSA", "CClip"], ["alie"], ["RSA"], [])
+    assert v["per_attack"][0]["rsa"]["RSA"]["status"] == "no interval"
+    assert v["per_attack"][0]["tied"] == []
+    assert [row["status"] for row in v["ranking"]] == ["best worst case", "no interval (one seed)"]
+    text = _breaks_text("s", "RSA", v["rsa"]["RSA"])
+    assert "within the CI" not in text and "no intervals" in text and "by 0.800" in text
+    three = [cell("RSA", "alie", 0.10, 0.12, 0.11), cell("CClip", "alie", 0.90, 0.91, 0.89)]
+    v3 = verdicts(three, ["RSA", "CClip"], ["alie"], ["RSA"], [])
+    assert v3["per_attack"][0]["rsa"]["RSA"]["status"] == "loses"

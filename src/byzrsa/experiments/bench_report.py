@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from byzrsa.experiments.bench_stats import CellResult, beats, by_scenario, collect, overlaps, run_rows
+from byzrsa.experiments.bench_stats import CellResult, Stat, beats, by_scenario, collect, overlaps, run_rows
 from byzrsa.experiments.bench_stats import final_accuracy
 from byzrsa.experiments.bench_tune import format_tuning
 
@@ -62,6 +62,8 @@ def verdicts(results: Sequence[CellResult], methods: Sequence[str], attacks: Seq
     for row in ranking:
         if defences and row is defences[0]:
             row["status"] = "best worst case"
+        elif defences and not _intervals(row["worst"], defences[0]["worst"]):
+            row["status"] = "no interval (one seed)" + (" (ceiling)" if row["oracle"] else "")
         elif defences and overlaps(row["worst"], defences[0]["worst"]):
             row["status"] = "tied with the best" + (" (ceiling)" if row["oracle"] else "")
         elif defences and beats(row["worst"], defences[0]["worst"]):
@@ -74,7 +76,8 @@ def verdicts(results: Sequence[CellResult], methods: Sequence[str], attacks: Seq
         if not entries:
             continue
         best = max(entries, key=lambda m: entries[m].mean)
-        tied = [m for m in entries if m != best and overlaps(entries[m], entries[best])]
+        tied = [m for m in entries if m != best and _intervals(entries[m], entries[best])
+                and overlaps(entries[m], entries[best])]
         row: dict[str, Any] = {"attack": a, "best": best, "best_stat": entries[best], "tied": tied, "rsa": {}}
         for r in rsa:
             if r not in entries:
@@ -82,6 +85,8 @@ def verdicts(results: Sequence[CellResult], methods: Sequence[str], attacks: Seq
             s = entries[r]
             if r == best:
                 status = "best"
+            elif not _intervals(entries[best], s):  # one seed: a gap, but no way to call it a loss or a tie
+                status = "no interval"
             elif beats(entries[best], s):
                 status = "loses"
             else:
@@ -93,15 +98,23 @@ def verdicts(results: Sequence[CellResult], methods: Sequence[str], attacks: Seq
         mine = {a: cell[(r, a)].stat for a in attacks if (r, a) in cell}
         if not mine:
             continue
-        losses = sorted(((row["attack"], row["rsa"][r]["gap"], row["best"], row["best_stat"], row["rsa"][r]["stat"])
-                         for row in per_attack if r in row["rsa"] and row["rsa"][r]["status"] == "loses"),
-                        key=lambda x: -x[1])
+        def gaps(status: str) -> list[tuple[Any, ...]]:
+            return sorted(((row["attack"], row["rsa"][r]["gap"], row["best"], row["best_stat"], row["rsa"][r]["stat"])
+                           for row in per_attack if r in row["rsa"] and row["rsa"][r]["status"] == status),
+                          key=lambda x: -x[1])
+
+        losses, unresolved = gaps("loses"), gaps("no interval")
         worst = min(mine, key=lambda a: mine[a].mean)
         clean = next((mine[a] for a in attacks if a == "none" and a in mine), None)
-        rsa_view[r] = {"losses": losses, "worst_attack": worst, "worst": mine[worst], "clean": clean,
+        rsa_view[r] = {"losses": losses, "unresolved": unresolved, "worst_attack": worst, "worst": mine[worst], "clean": clean,
                        "ties": [row["attack"] for row in per_attack if r in row["rsa"]
-                                and row["rsa"][r]["status"] != "loses"]}
+                                and row["rsa"][r]["status"] in ("best", "within the CI of the best")]}
     return {"ranking": ranking, "per_attack": per_attack, "rsa": rsa_view}
+
+
+def _intervals(*stats: Stat) -> bool:
+    """Whether every one has a confidence interval (two seeds or more): only then is a tie or a loss decidable."""
+    return all(math.isfinite(st.ci) for st in stats)
 
 
 def _values_text(values: Mapping[str, float]) -> str:
@@ -114,11 +127,18 @@ def _breaks_text(scenario_label: str, rsa: str, view: Mapping[str, Any]) -> str:
     if view["clean"] is not None and view["worst_attack"] != "none":
         drop = f", {view['clean'].mean - worst.mean:.3f} below its no-attack accuracy {view['clean'].mean:.3f}"
     tail = f"its worst attack is {view['worst_attack']} ({worst.text()}{drop})"
-    if not view["losses"]:
+    def listed(entries: Sequence[tuple[Any, ...]]) -> str:
+        return "; ".join(f"{a} by {gap:.3f} ({rsa} {mine.text()} vs {best} {bstat.text()})"
+                         for a, gap, best, bstat, mine in entries)
+
+    said = []
+    if view["losses"]:
+        said.append(f"{rsa} loses under {listed(view['losses'])}")
+    if view["unresolved"]:
+        said.append(f"with one seed (no intervals) {rsa} is behind the best under {listed(view['unresolved'])}")
+    if not said:
         return f"- {scenario_label}: {rsa} is within the CI of the best under every attack; {tail}."
-    parts = [f"{a} by {gap:.3f} ({rsa} {mine.text()} vs {best} {bstat.text()})"
-             for a, gap, best, bstat, mine in view["losses"]]
-    return f"- {scenario_label}: {rsa} loses under {'; '.join(parts)}; {tail}."
+    return f"- {scenario_label}: {'; and '.join(said)}; {tail}."
 
 
 def _scenario_section(scenario: Any, v: Mapping[str, Any], values: Mapping[tuple[str, str], Mapping[str, float]],
@@ -139,7 +159,8 @@ def _scenario_section(scenario: Any, v: Mapping[str, Any], values: Mapping[tuple
     for row in v["per_attack"]:
         rsa = "; ".join(f"{r}: {d['stat'].text()}" for r, d in row["rsa"].items()) or "-"
         verdict = "; ".join(
-            (f"{d['status']} by {d['gap']:.3f}" if d["status"] == "loses" else d["status"]) for d in row["rsa"].values()
+            (f"loses by {d['gap']:.3f}" if d["status"] == "loses"
+             else f"behind by {d['gap']:.3f}, no interval (one seed)" if d["status"] == "no interval" else d["status"]) for d in row["rsa"].values()
         ) or "-"
         lines.append(f"| {row['attack']} | {row['best']} | {row['best_stat'].text()} | "
                      f"{', '.join(row['tied']) or '-'} | {rsa} | {verdict} |")
@@ -224,7 +245,7 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
     lines += ["", "## Hyper-parameters" + mark, "", format_tuning(plan.tune_jobs, grid.tuning, plan.untuned), ""]
     sections: list[str] = []
     breaks: list[str] = []
-    counts = {"best": 0, "tie": 0, "loses": 0}
+    counts = {"best": 0, "tie": 0, "loses": 0, "no interval": 0}
     largest: tuple[float, str] | None = None
     written: list[str] = []
     for scenario, group in by_scenario(results).items():
@@ -238,7 +259,7 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
             breaks.append(_breaks_text(scenario.label, r, view))
         for row in v["per_attack"]:
             for r, d in row["rsa"].items():
-                counts["best" if d["status"] == "best" else "loses" if d["status"] == "loses" else "tie"] += 1
+                counts[d["status"] if d["status"] in ("best", "loses", "no interval") else "tie"] += 1
                 if d["status"] == "loses" and (largest is None or d["gap"] > largest[0]):
                     largest = (d["gap"], f"{r} under {row['attack']} at {scenario.label}, by {d['gap']:.3f} "
                                          f"({d['stat'].text()} vs {row['best']} {row['best_stat'].text()})")
@@ -254,7 +275,10 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
         lines += ["## Where RSA breaks", "",
                   f"Over {total} (scenario, attack) cells: RSA is the best in {counts['best']}, within the confidence "
                   f"interval of the best in {counts['tie']}, and loses (non-overlapping intervals) in "
-                  f"{counts['loses']}." + (f" Its largest loss: {largest[1]}." if largest else ""), "", *breaks, ""]
+                  f"{counts['loses']}"
+                  + (f"; in {counts['no interval']} there is no interval to decide (one seed)" if counts["no interval"]
+                     else "")
+                  + "." + (f" Its largest loss: {largest[1]}." if largest else ""), "", *breaks, ""]
     lines += sections
     na = [r for r in results if r.na]
     if na:
