@@ -5,7 +5,8 @@ iterations (:func:`byzrsa.experiments.claims.final_values`); a run whose
 accuracy is not finite (it diverged) counts as 0. A cell's interval is the
 two-sided 95% Student-t interval over its seeds, ``mean +- t(0.975, n - 1) s /
 sqrt(n)`` (``s`` the sample standard deviation); with one seed there is no
-interval and every comparison is a tie. Following PROTOCOL.md, one method
+interval (``ci`` is inf) and the report decides no tie or loss from it
+(``bench_report._intervals``). Following PROTOCOL.md, one method
 beats another only when their intervals do not overlap.
 """
 
