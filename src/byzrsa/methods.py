@@ -38,7 +38,7 @@ from torch import Tensor
 from byzrsa.aggregators import RULES
 from byzrsa.config import MASTER_ORDERS, SCHEDULES
 from byzrsa.errors import ConfigError
-from byzrsa.penalties import subgradient
+from byzrsa.penalties import subgradient_of_difference
 from byzrsa.registry import Entry, Registry
 
 __all__ = [
@@ -91,7 +91,7 @@ def rsa_worker_step(
     by default). Two in-place passes over the state, one rounding per term.
     """
     if penalty is None:
-        penalty = subgradient(x - x0, p)
+        penalty = subgradient_of_difference(x, x0, p)
     return torch.add(x, grad, alpha=-alpha / m, out=out).add_(penalty, alpha=-alpha * lam)
 
 
@@ -110,7 +110,7 @@ def rsa_master_step(
     are odd (:math:`\partial\|{-v}\| = -\partial\|v\|`, exactly, for every
     norm here), so in the jacobi order that is the same sum, computed once.
     """
-    total = subgradient(x0 - messages, p).sum(dim=0) if messages.shape[0] else torch.zeros_like(x0)
+    total = subgradient_of_difference(x0, messages, p).sum(dim=0) if messages.shape[0] else torch.zeros_like(x0)
     if pull is not None:
         total.add_(pull)
     # x0 - alpha (mu x0 + lam total), as two passes instead of five.

@@ -30,7 +30,7 @@ from byzrsa.methods import (
     rsa_worker_step,
     step_size,
 )
-from byzrsa.penalties import subgradient
+from byzrsa.penalties import subgradient_of_difference
 
 __all__ = ["Simulator", "simulate"]
 
@@ -96,7 +96,7 @@ class Simulator:
         if pb.is_rsa:
             current = self.workers[: self.active]  # stepped in place below
             grad = pb.model.grad(current, x, y, self.dropout)
-            penalty = subgradient(current - self.x0, pb.p)  # each worker's pull towards x0
+            penalty = subgradient_of_difference(current, self.x0, pb.p)  # each worker's pull towards x0
             step = dict(lam=c.lam, p=pb.p, alpha=alpha)
             if c.master_order == "jacobi":
                 # The master reads x_i^k, so the Byzantine messages are made before the workers
