@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from byzrsa.engines.sim import simulate
 from byzrsa.errors import ByzrsaError
 from byzrsa.config import RunConfig
 from byzrsa.experiments.runner import read_metrics, run
+from processes import wait_gone
 from reference import make_config
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
@@ -83,26 +83,6 @@ def dist_matches_sim(tmp_path: Path, c: RunConfig) -> dict:
 def write_toml(c: RunConfig, path: Path) -> Path:
     path.write_text("".join(line + "\n" for line in c.to_toml().splitlines() if not line.startswith("engine =")))
     return path
-
-
-def marked_processes(marker: str) -> list[int]:
-    """Processes whose environment carries ``marker`` (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def wait_gone(marker: str, seconds: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while (left := marked_processes(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
 
 
 # ----------------------------------------------------------------------------- frames (no processes)
@@ -268,7 +248,7 @@ def test_crashed_master_ends_workers_and_resume_reaches_the_same_result(tmp_path
            str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 17, done.stderr[-3000:]
-    assert wait_gone(marker) == [], "workers outlived their master"
+    assert wait_gone(marker, seconds=15) == [], "workers outlived their master"
     assert [r["iteration"] for r in read_metrics(out)] == [0, 5, 10]
     assert torch.load(out / engine.CHECKPOINT_NAME, weights_only=True)["k"] == 10
 

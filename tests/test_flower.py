@@ -59,6 +59,7 @@ from byzrsa.engines.flower.strategy import RoundMessages  # noqa: E402
 from byzrsa.engines.sim import Simulator  # noqa: E402
 from byzrsa.errors import ConfigError  # noqa: E402
 from byzrsa.methods import rsa_master_step, step_size  # noqa: E402
+from processes import marked_processes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(dataset="synthetic", workers=4, byzantine=1, batch_size=4, iterations=6, eval_every=3,
@@ -205,19 +206,6 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _marked(marker: str) -> list[int]:
-    """Live processes whose environment carries ``marker`` (Linux /proc; zombies have none)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def _end(marker: str, started: list[subprocess.Popen]) -> list[int]:
     """End every process carrying ``marker`` (the ones started and what they started); return any left."""
     for proc in started:
@@ -230,13 +218,13 @@ def _end(marker: str, started: list[subprocess.Popen]) -> list[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-    for pid in _marked(marker):  # children the Flower processes spawned (SuperExec, app processes)
+    for pid in marked_processes(marker):  # children the Flower processes spawned (SuperExec, app processes)
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 10
-    while (left := _marked(marker)) and time.monotonic() < deadline:
+    while (left := marked_processes(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import lock_held_elsewhere, marked_processes, wait_gone
 from byzrsa.cli import main
 from byzrsa.errors import ConfigError
 from byzrsa.experiments.folders import MARKER, run_state
@@ -54,18 +55,6 @@ def _wait_for_rows(out: Path, rows: int = 3, timeout: float = 60) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("the run wrote no metrics")
-
-
-def _marked(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 def test_completed_run_says_so(tmp_path):
@@ -133,7 +122,7 @@ def test_termination_signals_end_a_run_like_ctrl_c(tmp_path, sig):
     with open(out / "metrics.csv", newline="") as handle:
         last = int(list(csv.DictReader(handle))[-1]["iteration"])
     assert summary["status"] == "interrupted" and summary["iterations"] == last > 0
-    assert run_state(out) == "interrupted" and _marked(marker) == []
+    assert run_state(out) == "interrupted" and marked_processes(marker) == []
 
 
 def test_a_killed_run_is_never_taken_for_a_finished_one(tmp_path):
@@ -171,19 +160,10 @@ def test_refused_concurrent_reproduce_writes_nothing(tmp_path):
 
     out = tmp_path / "rep"
     out.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a'); "
-         "fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(out / ".lock")],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out / ".lock"):
         with pytest.raises(ConfigError, match="another byzrsa"):
             reproduce(["fig3"], dataset="mnist-sample", out=out, iterations=10, jobs=1, quiet=True)
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no plan.json, no runs
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.parametrize("settings", [
@@ -221,16 +201,13 @@ def test_sigterm_ends_reproduce_and_its_pool(tmp_path):
         deadline = time.time() + 90
         while time.time() < deadline and not list((out / "runs").glob(".tmp-*/metrics.csv")):
             time.sleep(0.2)
-        assert len(_marked(marker)) >= 3  # the command, its pool workers (and the resource tracker)
+        assert len(marked_processes(marker)) >= 3  # the command, its pool workers (and the resource tracker)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
-    deadline = time.time() + 20
-    while _marked(marker) and time.time() < deadline:
-        time.sleep(0.2)
-    assert _marked(marker) == []
+    assert wait_gone(marker) == []
     finished = sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))
     time.sleep(2)  # nothing keeps finishing runs after the command has gone
     assert sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith(".")) == finished
@@ -251,7 +228,4 @@ def test_sigterm_ends_a_dist_run_and_its_worker_processes(tmp_path):
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert run_state(out) == "interrupted"
-    deadline = time.time() + 20
-    while _marked(marker) and time.time() < deadline:
-        time.sleep(0.2)
-    assert _marked(marker) == []
+    assert wait_gone(marker) == []

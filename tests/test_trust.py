@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from processes import lock_held_elsewhere, marked_processes, wait_gone
 from byzrsa.cli import main
 from byzrsa.errors import ByzrsaError, ConfigError
 from byzrsa.experiments.folders import MARKER, run_state
@@ -41,27 +42,8 @@ def Net(input_shape, num_classes):
 '''
 
 
-def _marked(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def _wait_gone(marker: str, timeout: float = 20) -> list[int]:
-    deadline = time.time() + timeout
-    while _marked(marker) and time.time() < deadline:
-        time.sleep(0.2)
-    return _marked(marker)
-
-
 def _end(marker: str) -> None:
-    for pid in _marked(marker):  # only processes this test started carry its marker
+    for pid in marked_processes(marker):  # only processes this test started carry its marker
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -77,7 +59,7 @@ def _start(args: list[str], marker: str, **kwargs) -> subprocess.Popen:
 def _wait_for_pool(out: Path, marker: str, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if list((out / "runs").glob(".tmp-*/metrics.csv")) and len(_marked(marker)) >= 3:
+        if list((out / "runs").glob(".tmp-*/metrics.csv")) and len(marked_processes(marker)) >= 3:
             return
         time.sleep(0.2)
     raise AssertionError("the pool never started a run")
@@ -101,7 +83,7 @@ def test_tune_ended_by_a_group_sigterm_leaves_no_process_and_valid_folders(tmp_p
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130 and "Traceback" not in stderr, stderr
         assert "interrupted" in stderr and len(stderr.strip().splitlines()) == 1, stderr
-        assert _wait_gone(marker) == []
+        assert wait_gone(marker) == []
         published = _published(out)
         time.sleep(2)  # nothing keeps working after the command has gone
         assert _published(out) == published
@@ -120,7 +102,7 @@ def test_sigkilled_reproduce_takes_its_pool_with_it(tmp_path):
         _wait_for_pool(out, marker)
         proc.kill()
         proc.wait(timeout=30)
-        assert _wait_gone(marker, timeout=10) == []  # pool workers (mid-run) and the resource tracker
+        assert wait_gone(marker, seconds=10) == []  # pool workers (mid-run) and the resource tracker
         published = _published(out)
         time.sleep(2)
         assert _published(out) == published
@@ -220,19 +202,10 @@ def test_refused_concurrent_execute_writes_nothing(tmp_path):
 
     out = tmp_path / "t"
     out.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a'); "
-         "fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(out / ".lock")],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out / ".lock"):
         with pytest.raises(ConfigError, match="another byzrsa"):
             tune(SMALL, [1e-3, 1e-2], out=out, jobs=1, quiet=True)
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no runs/, no tune.json
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_float32_overflow_is_refused_for_both_engines_before_any_process(tmp_path):
