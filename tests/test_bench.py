@@ -200,9 +200,12 @@ def test_tiny_grid_writes_every_output(clean):
     ideal = [c for c in cells if c["method"] == "Ideal SGD" and c["level"] == "iid"]
     assert ideal[0]["run_keys"] == ideal[1]["run_keys"]
     tuning = json.loads((out / "tuning.json").read_text())
-    assert len(tuning["jobs"]) == 6 and all(j["chosen"]["values"]["lr"] in (j["start"]["lr"] * 0.5,
-                                                                            j["start"]["lr"] * 2.0)
-                                            for j in tuning["jobs"])
+    assert len(tuning["jobs"]) == 6
+    for j in tuning["jobs"]:  # the chosen lr is one searched; it sits at an edge only when the limit is spent
+        lr = j["chosen"]["values"]["lr"]
+        assert any(lr == pytest.approx(j["start"]["lr"] * f) for f in j["factors"]["lr"])
+        assert ("lr" in j["edge"]) <= (j["extended"]["lr"] == 3)
+        assert len(j["points"]) == len(j["factors"]["lr"]) * len(j["factors"].get("lam", [1]))
     assert "Median" in (out / "tuning.md").read_text()
     chosen = {(j["method"], j["level"]): j["chosen"]["values"] for j in tuning["jobs"]}
     assert all(c["values"] == chosen[(c["method"], c["level"])] for c in cells)
@@ -278,3 +281,64 @@ def test_one_seed_gives_no_verdict_of_tie_or_loss():
     three = [cell("RSA", "alie", 0.10, 0.12, 0.11), cell("CClip", "alie", 0.90, 0.91, 0.89)]
     v3 = verdicts(three, ["RSA", "CClip"], ["alie"], ["RSA"], [])
     assert v3["per_attack"][0]["rsa"]["RSA"]["status"] == "loses"
+
+
+# --------------------------------------------------------------------------- tuning past an edge
+
+
+def _walk(grid: Grid, best: dict[str, float]):
+    """Settle ``grid``'s tuning against a fake objective peaked at ``best`` (key -> value): no run trains."""
+    plan = plan_bench(grid)
+    seen = []
+
+    def accuracy(key):
+        c = plan.tune_runs[key]
+        seen.append(key)
+        here = {"lr": c.lr, "lam": c.lam}
+        return math.exp(-sum(math.log(here[k] / v) ** 2 for k, v in best.items()) / 10)
+
+    assert plan.settle_tuning(lambda key: True, accuracy) == {}
+    return plan
+
+
+def test_tuning_walks_out_to_a_far_optimum_and_stops_at_the_limit():
+    grid = tiny_grid(levels=(Level("iid", {"split": "iid"}),), methods=(MethodSpec("Median", {"method": "median",
+                     "lr": 0.3}),), tuning=Tuning(seeds=(0,), lr=(1 / 3, 1.0, 3.0)))
+    # the best lr is 27 x the start: three steps past the upper edge; the fourth shows it is interior
+    job = _walk(grid, {"lr": 0.3 * 27}).tune_jobs[0]
+    assert job.chosen.values["lr"] == pytest.approx(0.3 * 27) and job.edge == []
+    assert job.extended == {"lr": 3} and job.factors["lr"] == pytest.approx([1 / 3, 1, 3, 9, 27, 81])
+    assert len(job.points) == 6
+    # further still (3^6 x): the walk stops after 3 extensions, at the edge, flagged
+    far = _walk(grid, {"lr": 0.3 * 3**6}).tune_jobs[0]
+    assert far.chosen.values["lr"] == pytest.approx(0.3 * 81) and far.edge == ["lr"] and far.extended == {"lr": 3}
+    from byzrsa.experiments.bench_tune import format_tuning
+
+    table = format_tuning([job, far], grid.tuning, False)
+    assert table.count("still at the edge of the range after 3 extension(s): lr") == 1
+    assert "lr 0.3 x [0.3333, 1, 3, 9, 27, 81] (extended 3x)" in table
+    # downwards too, and an interior optimum needs no extension at all
+    low = _walk(grid, {"lr": 0.3 / 9}).tune_jobs[0]
+    assert low.chosen.values["lr"] == pytest.approx(0.3 / 9) and low.extended == {"lr": 2} and not low.edge
+    inside = _walk(grid, {"lr": 0.3}).tune_jobs[0]
+    assert inside.extended == {"lr": 0} and len(inside.points) == 3
+    # the limit is the grid's: extensions = 0 flags the first edge
+    none = _walk(grid.with_changes(tuning=Tuning(seeds=(0,), extensions=0)), {"lr": 0.3 * 27}).tune_jobs[0]
+    assert none.edge == ["lr"] and len(none.points) == 3
+
+
+def test_rsa_lr_and_lambda_stay_a_joint_grid_when_extended():
+    grid = tiny_grid(levels=(Level("iid", {"split": "iid"}),), methods=tiny_grid().methods[:1],
+                     tuning=Tuning(seeds=(0,), lr=(1 / 3, 1.0, 3.0), lam=(1 / 3, 1.0, 3.0)))
+    job = _walk(grid, {"lr": 1.0 * 9, "lam": 0.01 / 9}).tune_jobs[0]
+    assert job.chosen.values == pytest.approx({"lr": 9.0, "lam": 0.01 / 9}) and not job.edge
+    assert job.extended == {"lr": 2, "lam": 2}
+    grid_points = {(p.factors["lr"], p.factors["lam"]) for p in job.points}
+    assert len(job.points) == len(grid_points) == len(job.factors["lr"]) * len(job.factors["lam"]) == 25
+
+
+def test_grid_toml_takes_extensions():
+    g = grid_from_dict({"levels": ["iid"], "methods": ["median"], "attacks": ["none"], "tuning": {"extensions": 1}})
+    assert g.tuning.extensions == 1
+    with pytest.raises(ConfigError, match="extensions"):
+        grid_from_dict({"levels": ["iid"], "methods": ["median"], "attacks": ["none"], "tuning": {"extensions": -1}})

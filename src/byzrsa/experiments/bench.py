@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from byzrsa.errors import ConfigError
 from byzrsa.experiments.bench_cost import estimate, minutes
 from byzrsa.experiments.bench_grid import Grid, Level, MethodSpec, resolve_f
 from byzrsa.experiments.bench_stats import final_accuracy
-from byzrsa.experiments.bench_tune import TuneJob, choose, tuned_keys, tuning_jobs, value_of, write_tuning
+from byzrsa.experiments.bench_tune import TuneJob, settle, tuned_keys, tuning_jobs, value_of, write_tuning
 from byzrsa.experiments.plan import canonical, run_key
 
 __all__ = ["Scenario", "Cell", "BenchPlan", "plan_bench", "plan_grid", "chosen_values", "bench", "apply_overrides"]
@@ -73,6 +73,16 @@ class BenchPlan:
     untuned: bool
     cells: list[Cell] = field(default_factory=list)
     runs: dict[str, RunConfig] = field(default_factory=dict)
+    #: (method, level, values) -> the tuning runs of that point: how extensions past an edge get their runs
+    tune_configs: Any = None
+
+    def settle_tuning(self, done: Callable[[str], bool], accuracy: Callable[[str], float | None]
+                      ) -> dict[str, RunConfig]:
+        """Choose, and extend ranges past an edge, while every tuning run is done; return the tuning runs to do."""
+        if self.untuned:
+            return {}
+        return settle(self.tune_jobs, self.grid.tuning.extensions, self.tune_configs, run_key, self.tune_runs, done,
+                      accuracy)
 
 
 def apply_overrides(grid: Grid, *, dataset: str | None = None, data_dir: str | None = None, model: str | None = None,
@@ -184,7 +194,7 @@ def plan_bench(grid: Grid, *, untuned: bool = False) -> BenchPlan:
             job.start = {k: value_of(config, k) for k in tuned_keys(spec, config, tuning)}
         return BenchPlan(grid, scenarios, jobs, {}, True)
     jobs, runs = tuning_jobs(grid, configs, starts, run_key)
-    return BenchPlan(grid, scenarios, jobs, runs, False)
+    return BenchPlan(grid, scenarios, jobs, runs, False, tune_configs=configs)
 
 
 def chosen_values(plan: BenchPlan) -> dict[tuple[str, str], dict[str, float]]:
@@ -276,10 +286,16 @@ def bench(
     started = time.perf_counter()
     load_at_start = _load()
     plan = plan_bench(grid, untuned=untuned)
-    tune_pending = {k: c for k, c in plan.tune_runs.items() if not is_done(out, k)}
+    failures: dict[str, str] = {}
+
+    def done(key: str) -> bool:
+        return key in failures or is_done(out, key)  # a failed tuning run scores 0; it is not retried in this call
+
+    def accuracy(key: str) -> float | None:
+        return final_accuracy(out, key)
+
+    tune_pending = plan.settle_tuning(done, accuracy)
     tune_done = not tune_pending
-    if tune_done and not untuned:
-        choose(plan.tune_jobs, lambda key: final_accuracy(out, key))
     plan_grid(plan)  # at the starting values until tuning is done: counts (and keys, when tuned or untuned)
     grid_pending = {k: c for k, c in plan.runs.items() if not is_done(out, k)} if tune_done else dict(plan.runs)
     costs = estimate({**tune_pending, **grid_pending}, calibrate=calibrate)
@@ -292,7 +308,8 @@ def bench(
     say(f"to do: {len(tune_pending)} tuning + {len(grid_pending)} grid runs, "
         f"{sum(c.iterations for c in {**tune_pending, **grid_pending}.values())} iterations; estimated "
         f"{minutes(seconds)} on {jobs} process{'es' if jobs > 1 else ''}"
-        + ("" if calibrate else " (uncalibrated guess)"))
+        + ("" if calibrate else " (uncalibrated guess)")
+        + ("" if untuned else "; more tuning runs follow if a chosen value lies at the edge of its range"))
     result: dict[str, Any] = {"grid": grid.name, "cells": n_cells, "runs": len(plan.runs),
                               "tuning_runs": len(plan.tune_runs), "estimated_seconds": seconds,
                               "pending": len(tune_pending) + len(grid_pending)}
@@ -304,15 +321,16 @@ def bench(
             if cell.na:
                 print(f"  not applicable: {cell.scenario.label} / {cell.method} / {cell.attack}: {cell.na}")
         return result
-    failures: dict[str, str] = {}
     with _locked(out):
-        if tune_pending:
-            say(f"phase 1/2, tuning: {len(tune_pending)} runs on the validation split")
+        round_ = 0
+        while tune_pending:
+            round_ += 1
+            say("phase 1/2, tuning" + (f" (round {round_}: ranges extended past an edge)" if round_ > 1 else "")
+                + f": {len(tune_pending)} runs on the validation split")
             failed, _ = execute(_assign(tune_pending, devices), out, jobs=jobs, quiet=quiet)
             failures.update(failed)
+            tune_pending = plan.settle_tuning(done, accuracy)
         tune_seconds = time.perf_counter() - started
-        if not untuned:
-            choose(plan.tune_jobs, lambda key: final_accuracy(out, key))
         write_tuning(out, plan.tune_jobs, grid.tuning, untuned)
         plan_grid(plan)
         pending = {k: c for k, c in plan.runs.items() if not is_done(out, k)}
@@ -324,7 +342,7 @@ def bench(
         timing = {"tuning_seconds": tune_seconds, "run_seconds": run_seconds, "estimated_seconds": seconds,
                   "jobs": jobs, "load_average_start": load_at_start, "load_average": _load()}
         path = bench_report.write_report(out, plan, failures=failures, timing=timing, curves=curves)
-    result.update(report=str(path), failures=failures, total_seconds=time.perf_counter() - started, **timing)
+    result.update(report=str(path), tuning_runs=len(plan.tune_runs), failures=failures, total_seconds=time.perf_counter() - started, **timing)
     return result
 
 

@@ -81,6 +81,9 @@ class Tuning:
     case over the attacks (mean over the tuning seeds) wins; ties go to the point
     nearest the start. ``lr`` is tuned for every method, ``lam`` for RSA and
     ``method.tau`` for centered clipping, unless a method gives its own factors.
+    When a chosen value lies at an edge of its key's range, the range is extended
+    past that edge by the same factor and the new points are run, up to
+    ``extensions`` times per key; a value still at an edge after that is flagged.
     """
 
     validation: float = 0.2
@@ -90,6 +93,8 @@ class Tuning:
     tau: tuple[float, ...] = (1 / 3, 1.0, 3.0)
     #: iterations of a tuning run (None: the grid's)
     iterations: int | None = None
+    #: how many times each tuned key's range may be extended past an edge where its chosen value lies
+    extensions: int = 3
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,7 @@ LEVELS: tuple[Level, ...] = (IID, DIR1, DIR01, BY_LABEL)
 
 _GRID_KEYS = {"name", "description", "base", "levels", "methods", "attacks", "byzantine", "declared_f", "seeds",
               "tuning", "notes"}
-_TUNING_KEYS = {"validation", "seeds", "lr", "lam", "tau", "iterations"}
+_TUNING_KEYS = {"validation", "seeds", "lr", "lam", "tau", "iterations", "extensions"}
 
 
 def _numbers(value: Any, what: str, kind: type = float) -> tuple[Any, ...]:
@@ -221,6 +226,8 @@ def grid_from_dict(data: Mapping[str, Any], default_name: str = "user") -> Grid:
         seeds=_numbers(tuning_raw["seeds"], "tuning.seeds", int) if "seeds" in tuning_raw else Tuning.seeds,
         **{k: _numbers(tuning_raw[k], f"tuning.{k}") for k in ("lr", "lam", "tau") if k in tuning_raw},
         iterations=int(tuning_raw["iterations"]) if "iterations" in tuning_raw else None,
+        extensions=_numbers([tuning_raw["extensions"]], "tuning.extensions", int)[0]
+        if "extensions" in tuning_raw else Tuning.extensions,
     )
     if not 0.0 < tuning.validation < 1.0:
         raise ConfigError(f"grid: tuning.validation must be a fraction in (0, 1), got {tuning.validation}")
@@ -280,7 +287,8 @@ def describe_grid(grid: Grid) -> str:
         f"  attacks: {'; '.join(f'{a.label} ({_settings(a.settings)})' for a in grid.attacks)}",
         f"  tuning: validation {t.validation:g} of the training data, seeds {list(t.seeds)}, factors lr "
         f"{[round(f, 4) for f in t.lr]}, lam (RSA) {[round(f, 4) for f in t.lam]}, "
-        f"tau (cclip) {[round(f, 4) for f in t.tau]}" + (f", {t.iterations} iterations" if t.iterations else ""),
+        f"tau (cclip) {[round(f, 4) for f in t.tau]}, up to {t.extensions} extension(s) per key past an edge"
+        + (f", {t.iterations} iterations" if t.iterations else ""),
         *(f"  note: {n}" for n in grid.notes),
     ]
     return "\n".join(lines)

@@ -24,7 +24,8 @@ from pathlib import Path
 from byzrsa.config import RunConfig
 from byzrsa.experiments.bench_grid import Grid, MethodSpec, Tuning
 
-__all__ = ["tuned_keys", "value_of", "TunePoint", "TuneJob", "tuning_jobs", "choose", "format_tuning", "score_of"]
+__all__ = ["tuned_keys", "value_of", "TunePoint", "TuneJob", "tuning_jobs", "choose", "extend", "settle",
+           "format_tuning", "score_of"]
 
 
 def tuned_keys(spec: MethodSpec, config: RunConfig, tuning: Tuning) -> dict[str, tuple[float, ...]]:
@@ -64,7 +65,7 @@ class TunePoint:
 
 @dataclass
 class TuneJob:
-    """The tuning of one method at one level."""
+    """The tuning of one method at one level: the factors searched per key (extended past an edge), the points."""
 
     method: str
     level: str
@@ -72,15 +73,41 @@ class TuneJob:
     points: list[TunePoint]
     chosen: TunePoint | None = None
     edge: list[str] = field(default_factory=list)
+    factors: dict[str, list[float]] = field(default_factory=dict)
+    extended: dict[str, int] = field(default_factory=dict)  # key -> times its range was extended
+
+
+Configs = Callable[[str, str, Mapping[str, float]], list[tuple[str, RunConfig]]]
+
+
+def _add_points(job: TuneJob, configs: Configs, key_of: Callable[[RunConfig], str],
+                runs: dict[str, RunConfig]) -> list[str]:
+    """Add every combination of ``job.factors`` not yet a point; return the run keys of the new points."""
+    names = list(job.factors)
+    have = {tuple(p.factors[k] for k in names) for p in job.points}
+    new_keys = []
+    for combo in itertools.product(*(job.factors[k] for k in names)):
+        if combo in have:
+            continue
+        factors = dict(zip(names, combo))
+        point = TunePoint(factors, {k: job.start[k] * factors[k] for k in names})
+        for label, c in configs(job.method, job.level, point.values):
+            key = key_of(c)
+            point.keys.append((label, key))
+            if key not in runs:
+                runs[key] = c
+                new_keys.append(key)
+        job.points.append(point)
+    return new_keys
 
 
 def tuning_jobs(
     grid: Grid,
-    configs: Callable[[str, str, Mapping[str, float]], list[tuple[str, RunConfig]]],
+    configs: Configs,
     starts: Mapping[tuple[str, str], tuple[RunConfig, MethodSpec]],
     key_of: Callable[[RunConfig], str],
 ) -> tuple[list[TuneJob], dict[str, RunConfig]]:
-    """Every tuning job and the runs they need (key -> config).
+    """Every (method, level) tuning job and the runs they need (key -> config).
 
     ``configs(method, level, values)`` gives the tuning runs of one point as
     (label, config) pairs; ``starts[(method, level)]`` the method's resolved
@@ -91,22 +118,60 @@ def tuning_jobs(
     for (method, level), (config, spec) in starts.items():
         keys = tuned_keys(spec, config, grid.tuning)
         start = {k: value_of(config, k) for k in keys}
-        names = list(keys)
-        if not names:  # nothing to tune: the start is the choice, and no run is needed
+        if not keys:  # nothing to tune: the start is the choice, and no run is needed
             jobs.append(TuneJob(method, level, start, [TunePoint({}, {})]))
             continue
-        points = []
-        for combo in itertools.product(*(keys[k] for k in names)):
-            factors = dict(zip(names, combo))
-            values = {k: start[k] * factors[k] for k in names}
-            point = TunePoint(factors, values)
-            for label, c in configs(method, level, values):
-                key = key_of(c)
-                point.keys.append((label, key))
-                runs.setdefault(key, c)
-            points.append(point)
-        jobs.append(TuneJob(method, level, start, points))
+        job = TuneJob(method, level, start, [], factors={k: sorted(set(v)) for k, v in keys.items()},
+                      extended={k: 0 for k in keys})
+        _add_points(job, configs, key_of, runs)
+        jobs.append(job)
     return jobs, runs
+
+
+def extend(jobs: Sequence[TuneJob], limit: int, configs: Configs, key_of: Callable[[RunConfig], str],
+           runs: dict[str, RunConfig]) -> list[str]:
+    """Walk each chosen value that sits at an edge one step further out; return the new run keys.
+
+    For a key whose chosen factor is the largest searched, the factor
+    ``largest * (largest / second largest)`` is added (the smallest likewise
+    downwards), crossed with every searched value of the other keys (RSA's
+    lr and lambda stay a joint grid), at most ``limit`` times per key. Call
+    after :func:`choose`; the new points need their runs, then ``choose`` again.
+    """
+    new: list[str] = []
+    for job in jobs:
+        if job.chosen is None:
+            continue
+        grew = False
+        for key in job.edge:
+            if job.extended.get(key, 0) >= limit:
+                continue
+            factors = job.factors[key]
+            value = job.chosen.factors[key]
+            step = factors[-1] / factors[-2] if value == factors[-1] else factors[0] / factors[1]
+            factors.insert(len(factors) if value == factors[-1] else 0, value * step)
+            job.extended[key] = job.extended.get(key, 0) + 1
+            grew = True
+        if grew:
+            new += _add_points(job, configs, key_of, runs)
+    return new
+
+
+def settle(jobs: Sequence[TuneJob], limit: int, configs: Configs, key_of: Callable[[RunConfig], str],
+           runs: dict[str, RunConfig], done: Callable[[str], bool],
+           accuracy: Callable[[str], float | None]) -> dict[str, RunConfig]:
+    """Choose and extend for as long as every tuning run is ``done``; return the runs still to do.
+
+    Deterministic in the finished runs' scores, so a resumed bench recomputes the
+    same extensions; an empty result means tuning is over (every ``chosen`` set).
+    """
+    while True:
+        pending = {k: c for k, c in runs.items() if not done(k)}
+        if pending:
+            return pending
+        choose(jobs, accuracy)
+        if not extend(jobs, limit, configs, key_of, runs):
+            return {}
 
 
 def score_of(accuracy: float | None) -> float:
@@ -115,7 +180,10 @@ def score_of(accuracy: float | None) -> float:
 
 
 def choose(jobs: Sequence[TuneJob], accuracy: Callable[[str], float | None]) -> None:
-    """Score every point (worst case over attacks of the mean over seeds) and set each job's ``chosen``."""
+    """Score every point (worst case over attacks of the mean over seeds) and set each job's ``chosen``.
+
+    ``edge`` lists the keys whose chosen factor is the smallest or largest searched.
+    """
     for job in (j for j in jobs if j.points):
         if len(job.points) == 1 and not job.points[0].keys:
             job.chosen = job.points[0]
@@ -130,15 +198,19 @@ def choose(jobs: Sequence[TuneJob], accuracy: Callable[[str], float | None]) -> 
         job.chosen = max(
             job.points, key=lambda p: (p.score, -sum(abs(math.log(f)) for f in p.factors.values()))
         )
-        job.edge = [
-            k for k in job.chosen.factors
-            if len({p.factors[k] for p in job.points}) > 1
-            and job.chosen.factors[k] in (min(p.factors[k] for p in job.points), max(p.factors[k] for p in job.points))
-        ]
+        job.edge = [k for k, fs in job.factors.items() if len(fs) > 1 and job.chosen.factors[k] in (fs[0], fs[-1])]
 
 
 def _fmt(values: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in values.items()) or "(nothing tuned)"
+
+
+def _searched(job: TuneJob, key: str) -> str:
+    """The final range of one key: start x every factor searched, and how often it was extended."""
+    factors = job.factors.get(key) or sorted({p.factors[key] for p in job.points})
+    times = job.extended.get(key, 0)
+    return (f"{key} {job.start[key]:.4g} x [{', '.join(f'{f:.4g}' for f in factors)}]"
+            + (f" (extended {times}x)" if times else ""))
 
 
 def format_tuning(jobs: Sequence[TuneJob], tuning: Tuning, untuned: bool) -> str:
@@ -151,15 +223,18 @@ def format_tuning(jobs: Sequence[TuneJob], tuning: Tuning, untuned: bool) -> str
     lines = [
         f"Tuned on a validation split ({tuning.validation:g} of the training data, stratified, never the test set), "
         f"seeds {list(tuning.seeds)}; score = worst case over the grid's attacks of the mean final validation "
-        "accuracy. Searched values are the starting value times each factor.",
+        "accuracy. Searched values are the starting value times each factor; a range whose chosen value lay at an "
+        f"edge was extended past it by the same factor, up to {tuning.extensions} time(s) per key (the final "
+        "range is shown).",
         "",
         "| method | level | chosen | worst-case validation accuracy | worst attack | start | searched |",
         "|---|---|---|---|---|---|---|",
     ]
     for j in jobs:
         c = j.chosen
-        edge = f" (edge of the grid: {', '.join(j.edge)})" if j.edge else ""
-        searched = "; ".join(f"{k} x {sorted({round(p.factors[k], 4) for p in j.points})}" for k in j.start)
+        edge = (f" (still at the edge of the range after {tuning.extensions} extension(s): {', '.join(j.edge)})"
+                if j.edge else "")
+        searched = "; ".join(_searched(j, k) for k in j.start)
         score = f"{c.score:.4f}" if c is not None and c.score is not None else "n/a"
         lines.append(f"| {j.method} | {j.level} | {_fmt(c.values) if c else 'n/a'}{edge} | {score} | "
                      f"{c.worst if c else ''} | {_fmt(j.start)} | {searched or '-'} |")
@@ -175,6 +250,7 @@ def write_tuning(out: Path, jobs: Sequence[TuneJob], tuning: Tuning, untuned: bo
         "jobs": [
             {
                 "method": j.method, "level": j.level, "start": j.start, "edge": j.edge,
+                "factors": j.factors, "extended": j.extended,
                 "chosen": None if j.chosen is None else {"values": j.chosen.values, "score": j.chosen.score,
                                                          "worst_attack": j.chosen.worst},
                 "points": [{"factors": p.factors, "values": p.values, "score": p.score, "worst_attack": p.worst,
