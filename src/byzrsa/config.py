@@ -44,7 +44,10 @@ __all__ = ["RunConfig", "COMPONENTS", "SCHEDULES", "MASTER_ORDERS", "load_config
 SCHEDULES = ("sqrt", "constant")
 MASTER_ORDERS = ("jacobi", "gauss-seidel")
 # The fields naming a component, each with the field holding its options.
-COMPONENTS = {"method": "method_options", "attack": "attack_options", "model": "model_options"}
+COMPONENTS = {
+    "method": "method_options", "attack": "attack_options", "model": "model_options",
+    "topology": "topology_options",
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class RunConfig:
     # model and training
     model: str = "softmax"
     model_options: dict[str, Any] = field(default_factory=dict)
+    # decentralized learning: the graph of nodes ("none": the paper's master and workers); its options beside it
+    topology: str = "none"
+    topology_options: dict[str, Any] = field(default_factory=dict)
     workers: int = 20
     batch_size: int = 32
     iterations: int = 5000
@@ -263,7 +269,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
             pre_options[pre_names.index(name)][option] = value
         else:
             raise ConfigError(
-                f"unknown config key {key!r}: options are method.OPTION, attack.OPTION, model.OPTION or pre.NAME.OPTION"
+                f"unknown config key {key!r}: options are method.OPTION, attack.OPTION, model.OPTION, topology.OPTION or pre.NAME.OPTION"
             )
     if pre_names:
         values["pre_options"] = tuple(pre_options)
@@ -333,7 +339,7 @@ def check_settings(c: RunConfig) -> None:
             _check(abs(value) < _INT_LIMIT, f"{f.name} = {value} is out of range: it must be below 2**63")
     # A component's whole-number options too (their own checks run where the component is built).
     owned = [(f"method {c.method}", c.method_options), (f"attack {c.attack}", c.attack_options),
-             (f"model {c.model}", c.model_options), *((f"pre {n}", o) for n, o in zip(c.pre, c.pre_options))]
+             (f"model {c.model}", c.model_options), (f"topology {c.topology}", c.topology_options), *((f"pre {n}", o) for n, o in zip(c.pre, c.pre_options))]
     for owner, options in owned:
         for name, value in options.items():
             if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):

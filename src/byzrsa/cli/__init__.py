@@ -43,6 +43,7 @@ HELP: dict[str, str] = {
     "heterogeneity": "synthetic data: how much the workers' distributions differ, in [0, 1]",
     "validation": "fraction of the training data held out as a validation set, reported in place of the test set (tuning)",
     "model": "model",
+    "topology": "decentralized learning over a graph of nodes, no master (none: the master and workers)",
     "workers": "number m of workers, regular and Byzantine",
     "batch_size": "minibatch size per worker per iteration",
     "iterations": "number of iterations",
