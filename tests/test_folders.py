@@ -182,8 +182,8 @@ def test_sim_resume_equals_the_uninterrupted_run(tmp_path, settings):
     run({**base, "iterations": 20}, part)  # stops at the checkpoint of iteration 20 ...
     resumed = run(base, part, resume=part)  # ... and continues to 40
     assert resumed["status"] == "completed" and resumed["iterations"] == 40
-    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["sim"]
-    b = torch.load(part / "checkpoint.pt", weights_only=False)["sim"]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["sim"]
+    b = torch.load(part / "checkpoint.pt", weights_only=True)["sim"]
     assert torch.equal(a["x0"], b["x0"]) and a["k"] == b["k"] == 40
     for key in ("final_accuracy", "final_train_loss"):
         assert whole[key] == resumed[key]

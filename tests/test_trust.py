@@ -17,9 +17,11 @@ import signal
 import subprocess
 import sys
 import time
+import re
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -243,8 +245,8 @@ def test_resumed_trajectory_equals_the_uninterrupted_one_everywhere(tmp_path, mo
             return [{k: v for k, v in r.items() if k != "time"} for r in csv.DictReader(handle)]
 
     assert rows(whole) == rows(part) and len(rows(whole)) == 9
-    a = torch.load(whole / "checkpoint.pt", weights_only=False)["sim"]
-    b = torch.load(part / "checkpoint.pt", weights_only=False)["sim"]
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)["sim"]
+    b = torch.load(part / "checkpoint.pt", weights_only=True)["sim"]
     _assert_same(a, b)
 
 
@@ -273,3 +275,100 @@ def test_resume_refuses_damaged_or_short_checkpoints(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot read" in err[0]
     assert run_state(out) == "completed"  # the refused resumes left the folder as it was
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class _Payload:
+    """What an attacker puts in a checkpoint: unpickling it creates a folder (it could run any command)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+@pytest.mark.parametrize("engine", ["sim", "dist"])
+def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path, capsys, engine):
+    out, pwned = tmp_path / "r", tmp_path / "pwned"
+    run({**SMALL, "checkpoint_every": 10}, out)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["identity"] = {"payload": _Payload(str(pwned)), **state["identity"]}  # the checks read it first
+    torch.save({**state, "engine": engine}, out / "checkpoint.pt")
+    assert main(["run", "--resume", str(out), "--engine", engine, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused without running them" in err[0], err
+    assert not pwned.exists() and run_state(out) == "completed"
+
+
+def test_damaged_or_foreign_checkpoints_are_one_line_refusals_on_both_engines(tmp_path, capsys):
+    from byzrsa.engines.common import config_identity
+    from byzrsa.config import config_from_dict
+
+    out = tmp_path / "r"
+    run({**SMALL, "checkpoint_every": 10}, out)
+    good = torch.load(out / "checkpoint.pt", weights_only=True)
+    identity = config_identity(config_from_dict({**SMALL, "checkpoint_every": 10}))
+    dist_like = {"format": 1, "engine": "dist", "identity": identity, "k": 10, "x0": good["sim"]["x0"]}
+    cases = [
+        ("sim", {}, "not a byzrsa checkpoint"),
+        ("dist", {}, "not a byzrsa checkpoint"),
+        ("sim", [1, 2], "holds a list"),
+        ("dist", [1, 2], "holds a list"),
+        ("dist", good, "checkpoint of the sim engine; resume it with --engine sim"),
+        ("sim", dist_like, "checkpoint of the dist engine; resume it with --engine dist"),
+        ("sim", {**good, "format": 7}, "format 7"),
+        ("sim", {**good, "sim": {**good["sim"], "k": "ten"}}, "damaged: 'k' is a str"),
+        ("sim", {**good, "sim": {k: v for k, v in good["sim"].items() if k != "samplers"}}, "not a usable"),
+        ("sim", {k: v for k, v in good.items() if k != "rows"}, "damaged: no 'rows' entry"),
+        ("dist", {k: v for k, v in dist_like.items() if k != "x0"}, "damaged: no 'x0' entry"),
+        ("dist", {**dist_like, "x0": "model"}, "damaged: 'x0' is a str"),
+    ]
+    for engine, state, expected in cases:
+        torch.save(state, out / "checkpoint.pt")
+        assert main(["run", "--resume", str(out), "--engine", engine, "--quiet"]) == 2, (engine, expected)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0], (engine, expected, err)
+        assert run_state(out) == "completed", (engine, expected)
+
+
+def test_checkpoints_hold_plain_data_only():
+    from byzrsa.engines.checkpoint_io import check_plain
+
+    check_plain({"a": [1, 2.5, "s", None, True, (torch.zeros(2),)], 3: {"b": torch.tensor(1)}})
+    for bad, where in [({"attack_state": {"v": np.zeros(2)}}, "state.attack_state.v"),
+                       ({"x": [object()]}, "state.x[0]"), ({(1, 2): 3}, "key of type tuple")]:
+        with pytest.raises(ConfigError, match=re.escape(where)):
+            check_plain(bad)
+
+
+NUMPY_STATE_ATTACK = '''
+import numpy as np
+from byzrsa.attacks import ATTACKS, Attack
+
+
+def keeps_an_array(regular, own, ctx):
+    ctx.state["raw"] = np.zeros(1)
+    return regular.mean(dim=0).expand(own.shape[0], -1).clone()
+
+
+ATTACKS.register(Attack("numpy-state", keeps_an_array, "numpy-state", "keeps a NumPy array in its state"))
+'''
+
+
+def test_an_attack_state_that_is_not_plain_data_fails_the_run_in_one_line(tmp_path, monkeypatch):
+    from byzrsa.attacks import ATTACKS
+
+    (tmp_path / "numpy_state_attack.py").write_text(NUMPY_STATE_ATTACK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ConfigError, match=r"attack_state\.raw holds a numpy\.ndarray"):
+            run({**SMALL, "byzantine": 1, "attack": "numpy-state", "plugins": "numpy_state_attack",
+                 "checkpoint_every": 10}, tmp_path / "r")
+    finally:
+        ATTACKS.unregister("numpy-state")
+        sys.modules.pop("numpy_state_attack", None)
+    assert run_state(tmp_path / "r") == "failed"
+    assert not list((tmp_path / "r").glob(".checkpoint.pt.tmp*"))

@@ -10,7 +10,6 @@ of :mod:`byzrsa.methods`, the same functions the distributed engine calls.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from byzrsa.engines.common import CHECKPOINT_NAME, Problem, config_identity
+from byzrsa.engines.checkpoint_io import load_simulator, save_simulator
+from byzrsa.engines.common import Problem
 from byzrsa.engines.cpu import default_threads, reuse_freed_memory, subnormals_flushed
-from byzrsa.errors import ConfigError
 from byzrsa.methods import (
     aggregation_step,
     baseline_message,
@@ -198,7 +197,7 @@ def simulate(
         sim = Simulator(problem)
         rows: list[dict[str, float]] = []
         if resume is not None:
-            rows = _load_checkpoint(sim, resume)
+            rows = load_simulator(sim, resume)
         else:
             rows.append({"iteration": 0, **sim.metrics(), "time": 0.0})
         yield from rows
@@ -218,47 +217,8 @@ def simulate(
                 rows.append({"iteration": sim.k, **sim.metrics(), "time": train_seconds})
                 yield rows[-1]
             if c.checkpoint_every and checkpoint_dir is not None and sim.k % c.checkpoint_every == 0:
-                _save_checkpoint(sim, rows, train_seconds, checkpoint_dir)
+                save_simulator(sim, rows, train_seconds, checkpoint_dir)
     finally:
         stack.close()
         torch.set_num_threads(previous)
 
-
-def _save_checkpoint(sim: Simulator, rows: list[dict[str, float]], train_seconds: float, folder: Path) -> None:
-    state = {"format": 1, "engine": "sim", "identity": config_identity(sim.problem.config), "rows": rows,
-             "train_seconds": train_seconds, "sim": sim.state_dict()}
-    path = folder / CHECKPOINT_NAME
-    tmp = path.with_name(f".{CHECKPOINT_NAME}.tmp")
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(sim: Simulator, folder: Path) -> list[dict[str, float]]:
-    path = folder / CHECKPOINT_NAME if folder.is_dir() else folder
-    try:
-        state = torch.load(path, weights_only=False)  # our own file: attack state may hold any picklable value
-        saved_identity = state["identity"]
-    except FileNotFoundError:
-        raise ConfigError(f"--resume: no {CHECKPOINT_NAME} in {folder} (was checkpoint_every set?)") from None
-    except Exception as exc:  # a truncated or foreign file
-        raise ConfigError(f"--resume: cannot read {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    if state.get("engine") != "sim":
-        raise ConfigError(f"--resume: {path} is a checkpoint of the {state.get('engine', 'dist')} engine; add --engine dist")
-    mine = config_identity(sim.problem.config)
-    if saved_identity != mine:
-        diff = sorted(k for k in set(mine) | set(saved_identity) if mine.get(k) != saved_identity.get(k))
-        raise ConfigError(f"--resume: the checkpoint in {folder} is of a different run (differs in {', '.join(diff)})")
-    try:
-        reached = int(state["sim"]["k"])
-        if reached > sim.problem.config.iterations:
-            raise ConfigError(
-                f"--resume: the checkpoint in {folder} is at iteration {reached}, beyond this run's "
-                f"{sim.problem.config.iterations} iterations; give --iterations {reached} or more"
-            )
-        sim.load_state_dict(state["sim"])
-        return [dict(r) for r in state["rows"]]
-    except ConfigError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:  # a damaged or older file
-        raise ConfigError(f"--resume: {path} is not a usable simulator checkpoint ({type(exc).__name__}: {exc})") from None

@@ -11,13 +11,13 @@ would have followed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from byzrsa.engines.dist.transport import CHECKPOINT_NAME, Kind, config_differences, config_identity, encode, log
+from byzrsa.engines.checkpoint_io import read_checkpoint, require, write_checkpoint
+from byzrsa.engines.dist.transport import Kind, config_differences, config_identity, encode, log
 from byzrsa.engines.dist.worker import role_of
 from byzrsa.errors import ConfigError
 
@@ -44,7 +44,6 @@ def save_checkpoint(master: Master) -> None:
             # Without its state the worker cannot be restored: a resumed run goes on without it.
             master._drop(w, "no usable state for the checkpoint")
     state = {
-        "format": 1,
         "identity": config_identity(c),
         "k": master.k,
         "x0": master.x0.cpu(),
@@ -57,41 +56,42 @@ def save_checkpoint(master: Master) -> None:
         "aggregator": master.aggregator.state_dict(),
         "live": sorted(int(w) for w in blobs),
     }
-    path = master.checkpoint_dir / CHECKPOINT_NAME
-    tmp = path.with_suffix(".tmp")
-    master.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_checkpoint(state, master.checkpoint_dir, "dist")
     master._summarise()
 
 def load_checkpoint(master: Master, directory: Path) -> None:
-    """Restore ``master`` from a checkpoint; refuse another run's."""
-    path = directory / CHECKPOINT_NAME if directory.is_dir() else directory
-    try:
-        state = torch.load(path, weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"--resume: no {CHECKPOINT_NAME} in {directory} (was checkpoint_every set?)") from None
-    except Exception as exc:  # a truncated or foreign file
-        raise ConfigError(f"--resume: cannot read {path}: {exc}") from None
-    diff = config_differences(config_identity(master.config), state["identity"])
+    """Restore ``master`` from a checkpoint; refuse another run's, another engine's or a damaged one (one line)."""
+    state, path = read_checkpoint(directory, "dist")
+    identity = require(state, "identity", dict, path)
+    diff = config_differences(config_identity(master.config), identity)
     if diff:
         raise ConfigError(f"--resume: the checkpoint in {directory} is of a different run: {diff}")
-    master.k = master.resumed_from = int(state["k"])
-    master.x0 = state["x0"].to(master.problem.device, master.problem.dtype)
-    master.rows = [dict(r) for r in state["rows"]]
-    master.train_seconds = float(state["train_seconds"])
-    master.dead = [dict(e) for e in state["dead"]]
-    master.malformed = {k: dict(v) for k, v in state["malformed"].items()}
-    master.non_finite = {k: int(v) for k, v in state["non_finite"].items()}
-    if "aggregator" in state:
-        master.aggregator.load_state_dict(state["aggregator"])
-    master.worker_blobs = {int(w): t.numpy().tobytes() for w, t in state["workers"].items()}
-    live = {int(w) for w in state["live"]}
+    try:
+        k = require(state, "k", int, path)
+        x0 = require(state, "x0", torch.Tensor, path)
+        if x0.shape != master.x0.shape:
+            raise ConfigError(f"--resume: {path} is damaged: its model has shape {tuple(x0.shape)}, "
+                              f"this run's {tuple(master.x0.shape)}")
+        rows = [dict(r) for r in require(state, "rows", list, path)]
+        train_seconds = float(require(state, "train_seconds", (int, float), path))
+        dead = [dict(e) for e in require(state, "dead", list, path)]
+        malformed = {str(k): dict(v) for k, v in require(state, "malformed", dict, path).items()}
+        non_finite = {str(k): int(v) for k, v in require(state, "non_finite", dict, path).items()}
+        blobs = {int(w): t.numpy().tobytes() for w, t in require(state, "workers", dict, path).items()}
+        live = {int(w) for w in require(state, "live", list, path)}
+        if "aggregator" in state:
+            master.aggregator.load_state_dict(state["aggregator"])
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        raise ConfigError(f"--resume: {path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    master.k = master.resumed_from = k
+    master.x0 = x0.to(master.problem.device, master.problem.dtype)
+    master.rows, master.train_seconds, master.dead = rows, train_seconds, dead
+    master.malformed, master.non_finite, master.worker_blobs = malformed, non_finite, blobs
     # Workers dead (or without a saved state) at the checkpoint stay out, as in the uninterrupted run.
     master.exiled = {w for w in range(master.config.workers) if role_of(master.problem.parts, w) != "idle" and w not in live}
     for w in sorted(master.exiled):
         if not any(e["worker"] == w for e in master.dead):
             master.dead.append({"worker": w, "rank": w + 1, "iteration": master.k, "reason": "no state in the checkpoint"})
     log.info("resuming from iteration %d (%s)", master.k, path)
-
-

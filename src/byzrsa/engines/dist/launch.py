@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from byzrsa.config import RunConfig
+from byzrsa.engines.checkpoint_io import read_checkpoint
 from byzrsa.engines.common import Problem, build_parts
 from byzrsa.engines.cpu import subnormals_flushed
 from byzrsa.engines.dist.faults import FaultPlan
@@ -281,6 +282,8 @@ def run_local(
     if c.checkpoint_every and checkpoint_dir is None:
         log.warning("checkpoint_every=%d but no results folder was given: no checkpoints are written", c.checkpoint_every)
     resume = Path(resume) if resume is not None else None
+    if resume is not None:  # a foreign or damaged file is refused before any process starts
+        read_checkpoint(resume, "dist")
     session = _ATTACHED
     device = problem.device
     with contextlib.ExitStack() as stack:
