@@ -342,3 +342,35 @@ def test_grid_toml_takes_extensions():
     assert g.tuning.extensions == 1
     with pytest.raises(ConfigError, match="extensions"):
         grid_from_dict({"levels": ["iid"], "methods": ["median"], "attacks": ["none"], "tuning": {"extensions": -1}})
+
+
+def test_byzrsa_tune_walks_out_and_scores_on_validation(tmp_path, capsys):
+    """A real (tiny) tune whose grid starts far below the best step (about 0.8 here): it walks out to it and
+    stops there; with a tighter limit it stops at the limit, flagged. Scored on a validation split by default."""
+    out = tmp_path / "t"
+    args = ["tune", "--dataset", "digits", "--pixels", "unit", "--method", "median", "--workers", "5",
+            "--iterations", "15", "--lr-schedule", "constant", "--mu", "0", "--grid", "0.01,0.03", "--jobs", "1",
+            "--quiet", "--out", str(out)]
+    assert main(args + ["--extensions", "5"]) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((out / "tune.json").read_text())
+    assert table["config"]["validation"] == pytest.approx(0.2) and table["scored_on"].startswith("validation")
+    lrs = [r["lr"] for r in table["rows"]]
+    assert lrs == pytest.approx([0.01 * 3**i for i in range(len(lrs))])
+    best = table["best"]["lr"]
+    assert 0.01 < best < lrs[-1] and table["best_on_grid_edge"] is None  # walked out, found an inner best
+    accuracy = {r["lr"]: r["final_accuracy"] for r in table["rows"]}
+    assert accuracy[best] == max(accuracy.values()) > accuracy[0.01] + 0.1
+    assert "validation" in printed and "TEST" not in printed and "still on the edge" not in printed
+    # a limit that ends the walk before the best: stopped at the limit, at the edge, flagged (runs reused)
+    assert main(args + ["--extensions", "1"]) == 0
+    printed = capsys.readouterr().out
+    short = json.loads((out / "tune.json").read_text())
+    assert [r["lr"] for r in short["rows"]] == pytest.approx([0.01, 0.03, 0.09])
+    assert short["best"]["lr"] == pytest.approx(0.09) and short["best_on_grid_edge"] == "lr"
+    assert "still on the edge of the grid after 1 extension(s)" in printed
+    # ranking by the test set needs the flag, and says so
+    assert main(args[:-1] + [str(tmp_path / "t2"), "--rank-by-test", "--extensions", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "ranked by TEST accuracy" in printed and "TEST accuracy (--rank-by-test" in printed
+    assert main(args + ["--rank-by-test", "--validation", "0.1"]) == 2

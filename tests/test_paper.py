@@ -165,7 +165,7 @@ def test_tune_grid_picks_the_best(tmp_path, capsys):
         parse_grid("1e-5,abc")
     out = tmp_path / "tune"
     code = main(["tune", "--figure", "fig3", "--method", "median", "--grid", "1e-7,1e-4", "--iterations", "10",
-                 "--jobs", "1", "--out", str(out), "--quiet"])
+                 "--jobs", "1", "--out", str(out), "--quiet", "--extensions", "0"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "best: --lr 0.0001" in printed  # 1e-7 barely moves from the zero model in 10 steps
