@@ -7,7 +7,10 @@ loops, a breadth-first search over dicts), not from the module's code.
 from __future__ import annotations
 
 import itertools
+import json
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,7 +274,7 @@ def test_edge_file_missing_or_unreadable(tmp_path):
     ("er", 6, 1, {"p": 0}, r"option 'p' must be in \(0, 1\]"),
     ("er", 6, 1, {"p": "1.01"}, r"option 'p' must be in \(0, 1\]"),
     ("er", 6, 1, {"p": "many"}, r"option 'p' must be a number"),
-    ("er", 40, 2, {"p": 0.01}, r"disconnected in all 100 draws .*raise p"),
+    ("er", 12, 2, {"p": 0.01}, r"disconnected in all 100 draws .*raise p"),
     ("ring", 6, 2, {"byzantine": "1,4"}, r"the regular nodes' subgraph is disconnected: 2 parts \(0, 5; 2, 3\)"),
     ("star", 5, 1, {"byzantine": "0"}, r"regular nodes' subgraph is disconnected"),
     ("ring", 6, 2, {"byzantine": "1"}, r"lists 1 nodes but q = 2"),
@@ -308,3 +311,57 @@ def test_every_entry_shares_the_byzantine_and_weighting_options():
         assert names[-2:] == ["byzantine", "weighting"], name
         assert entry.label and entry.help
         assert entry.resolve({}, "topology")["weighting"] == "metropolis"
+
+
+# ---------------------------------------------------------------------------------------------
+# Picture and command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_torus_picture_bends_exactly_the_wrap_around_edges():
+    from byzrsa.topologies import _split_edges
+
+    t = build_topology("torus", 12, 0)  # 3 x 4
+    straight, curved = _split_edges(np.asarray(t.positions), t.edges)
+    wrap = {(r * 4, r * 4 + 3) for r in range(3)} | {(c, 8 + c) for c in range(4)}
+    assert set(curved) == wrap and len(straight) == 24 - 7
+
+
+def test_cli_topology_prints_facts_and_draws(tmp_path, capsys):
+    from byzrsa.cli import main
+
+    out = tmp_path / "pics" / "er.png"
+    code = main(["topology", "er", "--workers", "12", "--byzantine", "2", "--set", "topology.p=0.5",
+                 "--set", "topology.byzantine=3,8", "--out", str(out)])
+    assert code == 0
+    facts = json.loads(capsys.readouterr().out)
+    t = build_topology("er", 12, 2, {"p": 0.5, "byzantine": "3,8"})
+    assert facts["edges"] == len(t.edges) and facts["byzantine"] == [3, 8]
+    assert facts["degree_max"] == max(t.degree(i) for i in range(12))
+    assert 0 < facts["spectral_gap"] <= 1
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in out.with_suffix(".svg").read_text()
+    assert facts["files"] == [str(out), str(out.with_suffix(".svg"))]
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["grid"], "unknown topology 'grid'"),
+    (["ring", "--workers", "6", "--byzantine", "2", "--set", "topology.byzantine=1,4"], "disconnected"),
+    (["er", "--set", "topology.p=2"], r"option 'p' must be in \(0, 1\]"),
+    (["er", "--set", "p=0.5"], "--set takes topology.OPTION=VALUE"),
+    (["ring", "--set", "topology.rows=3"], "has no option 'rows'"),
+    (["edges", "--workers", "3", "--set", "topology.file=BAD"], "line 1 .*self loop"),
+    (["star", "--workers", "1"], "m must be >= 2"),
+])
+def test_cli_topology_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, match):
+    from byzrsa.cli import main
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 1\n")
+    args = [a.replace("BAD", str(bad)) for a in args]
+    out = tmp_path / "pics" / "x.png"
+    assert main(["topology", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("byzrsa: error: ")
+    assert re.search(match, err)
+    assert not (tmp_path / "pics").exists()

@@ -181,25 +181,30 @@ class Topology:
     def regular_components(self) -> list[list[int]]:
         """Connected components of the regular nodes' subgraph, as sorted canonical labels."""
         r = self.regular
-        adj = self.adjacency()[:r, :r].numpy()
-        seen = np.zeros(r, dtype=bool)
-        components = []
-        for start in range(r):
-            if seen[start]:
-                continue
-            reach = np.zeros(r, dtype=bool)
-            reach[start] = True
-            frontier = reach.copy()
-            while frontier.any():  # breadth-first, one matrix row-OR per layer
-                frontier = adj[frontier].any(axis=0) & ~reach
-                reach |= frontier
-            seen |= reach
-            components.append(np.flatnonzero(reach).tolist())
-        return components
+        return _components(self.adjacency()[:r, :r].numpy())
 
     def regular_connected(self) -> bool:
         """Whether the regular nodes stay connected without the Byzantine ones."""
         return len(self.regular_components()) == 1
+
+
+def _components(adj: np.ndarray) -> list[list[int]]:
+    """Connected components of the graph with boolean adjacency matrix ``adj``, each sorted."""
+    n = len(adj)
+    seen = np.zeros(n, dtype=bool)
+    components = []
+    for start in range(n):
+        if seen[start]:
+            continue
+        reach = np.zeros(n, dtype=bool)
+        reach[start] = True
+        frontier = reach.copy()
+        while frontier.any():  # breadth-first, one row-OR per layer
+            frontier = adj[frontier].any(axis=0) & ~reach
+            reach |= frontier
+        seen |= reach
+        components.append(np.flatnonzero(reach).tolist())
+    return components
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +274,7 @@ def _castle_size(m: int) -> int:
 def _two_castle_positions(m: int) -> Positions:
     k = _castle_size(m)
     return tuple(
-        (math.cos(2 * math.pi * (u % k) / k) + (1.4 if u >= k else -1.4), math.sin(2 * math.pi * (u % k) / k))
+        (math.cos(2 * math.pi * (u % k) / k) + (2.5 if u >= k else -2.5), math.sin(2 * math.pi * (u % k) / k))
         for u in range(m)
     )
 
@@ -293,10 +298,8 @@ def _er(m: int, byzantine: Sequence[bool], seed: int, p: float = 0.7, graph_seed
     regular = torch.tensor([not b for b in byzantine])
     for _ in range(ER_ATTEMPTS):
         upper = torch.triu(torch.rand(m, m, generator=generator, dtype=torch.float64) < p, diagonal=1)
-        sub = upper[regular][:, regular]
-        probe = Topology("er", int(regular.sum()), tuple(map(tuple, torch.nonzero(sub).tolist())), 0,
-                         tuple(range(int(regular.sum()))))
-        if probe.regular_connected():
+        sub = (upper | upper.T)[regular][:, regular].numpy()
+        if len(_components(sub)) <= 1:
             return [tuple(e) for e in torch.nonzero(upper).tolist()]  # type: ignore[misc]
     raise ConfigError(
         f"topology 'er': the regular nodes' subgraph was disconnected in all {ER_ATTEMPTS} draws "
@@ -503,7 +506,8 @@ def draw_topology(topology: Topology, path: str | Path) -> list[Path]:
         angle = 2 * np.pi * np.arange(m) / m
         xy_user = np.stack([np.cos(np.pi / 2 - angle), np.sin(np.pi / 2 - angle)], axis=1)
     xy = xy_user[list(labels)]  # canonical node c sits at its user id's place
-    fig = Figure(figsize=(6.4, 6.0))
+    span = np.ptp(xy_user, axis=0) + 1.0
+    fig = Figure(figsize=(6.4, float(np.clip(6.4 * span[1] / span[0], 3.0, 6.4)) + 0.8))  # as wide as the layout
     ax = fig.add_subplot()
     straight, curved = _split_edges(xy, topology.edges)
     ax.add_collection(LineCollection([(xy[i], xy[j]) for i, j in straight], colors="0.6", linewidths=0.8, zorder=1))
@@ -519,7 +523,7 @@ def draw_topology(topology: Topology, path: str | Path) -> list[Path]:
         for c in range(m):
             ax.annotate(str(labels[c]), xy[c], ha="center", va="center", fontsize=8, color="white", zorder=3)
     ax.set_title(f"{topology.name}: m = {m}, q = {topology.q}, {len(topology.edges)} edges")
-    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 1.0), fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=9, markerscale=0.5, frameon=False)
     ax.set_aspect("equal")
     ax.margins(0.12)
     ax.axis("off")

@@ -19,7 +19,7 @@ from byzrsa.errors import ByzrsaError
 __all__ = ["main", "add_config_flags", "config_from_args"]
 
 # Subcommands that live in their own modules: each module has register(subparsers).
-PLUGINS = ("byzrsa.cli.reproduce", "byzrsa.cli.tune", "byzrsa.cli.theory", "byzrsa.cli.bench")
+PLUGINS = ("byzrsa.cli.reproduce", "byzrsa.cli.tune", "byzrsa.cli.theory", "byzrsa.cli.bench", "byzrsa.cli.topology")
 
 # Help for the run's own settings; a component's options carry their help in their registry entry.
 HELP: dict[str, str] = {

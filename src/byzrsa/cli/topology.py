@@ -1,0 +1,95 @@
+"""``byzrsa topology``: build a communication graph, print its facts and draw it (PNG + SVG)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    """``--set topology.OPTION=VALUE`` pairs as ``{OPTION: VALUE}`` (coerced later by the entry)."""
+    from byzrsa.errors import ConfigError
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("topology.") or len(key) == len("topology."):
+            raise ConfigError(f"--set takes topology.OPTION=VALUE here, got {pair!r}")
+        options[key[len("topology."):]] = value
+    return options
+
+
+def topology_facts(topology: Any) -> dict[str, Any]:
+    """What a person wants to know about a graph before training on it."""
+    import torch
+
+    m, r = topology.m, topology.regular
+    degrees = [topology.degree(i) for i in range(m)]
+    eigenvalues = torch.linalg.eigvalsh(topology.mixing()).abs().sort(descending=True).values
+    return {
+        "topology": topology.name,
+        "m": m,
+        "q": topology.q,
+        "byzantine": [topology.labels[c] for c in range(r, m)],
+        "edges": len(topology.edges),
+        "degree_min": min(degrees),
+        "degree_max": max(degrees),
+        "degree_mean": round(sum(degrees) / m, 4),
+        "byzantine_neighbours_max": max((topology.byzantine_neighbours(i) for i in range(r)), default=0),
+        "weighting": topology.weighting,
+        # 1 - |second largest eigenvalue| of W: how fast plain gossip mixes (0: never)
+        "spectral_gap": round(float(1 - eigenvalues[1]), 6) if m > 1 else 1.0,
+    }
+
+
+def _cmd_topology(args: argparse.Namespace) -> int:
+    from byzrsa.errors import ConfigError
+    from byzrsa.topologies import build_topology, draw_topology
+
+    topology = build_topology(args.name, args.workers, args.byzantine, _options(args.set), seed=args.seed)
+    facts = topology_facts(topology)
+    if args.out is not None:
+        try:
+            facts["files"] = [str(p) for p in draw_topology(topology, args.out)]
+        except OSError as exc:
+            raise ConfigError(f"--out {args.out}: cannot write the picture: {exc.strerror or exc}") from None
+    print(json.dumps(facts))
+    return 0
+
+
+def _describe() -> str:
+    from byzrsa.topologies import TOPOLOGIES
+
+    lines = ["topologies and their options (--set topology.OPTION=VALUE):"]
+    for entry in TOPOLOGIES.values():
+        lines.append(f"  {entry.name}: {entry.help}")
+        for opt in entry.options:
+            lines.append(f"      {opt.name} = {opt.default!r}: {opt.help}")
+    return "\n".join(lines)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``byzrsa topology`` to the CLI."""
+    from byzrsa.topologies import TOPOLOGIES
+
+    parser = subparsers.add_parser(
+        "topology",
+        help="build a decentralized topology, print its facts as JSON and draw it (--out x.png)",
+        description="Build topology NAME on --workers nodes of which --byzantine are Byzantine (the last ones, "
+        "or --set topology.byzantine=i,j,...), print its degrees, Byzantine neighbours and the spectral gap of its "
+        "mixing matrix, and with --out draw it as PNG + SVG with the Byzantine nodes in red.",
+        epilog=_describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", metavar="NAME", help=f"one of {', '.join(TOPOLOGIES.names())}")
+    parser.add_argument("--workers", type=int, default=12, metavar="M", help="number m of nodes [12]")
+    parser.add_argument("--byzantine", type=int, default=0, metavar="Q", help="number q of Byzantine nodes [0]")
+    parser.add_argument("--seed", type=int, default=0, help="run seed (random graphs whose graph_seed is none) [0]")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="topology.OPTION=VALUE", help="a topology option (repeatable)"
+    )
+    parser.add_argument("--out", metavar="FILE", help="draw the graph to FILE.png and FILE.svg")
+    parser.set_defaults(handler=_cmd_topology)
