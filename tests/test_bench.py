@@ -173,7 +173,7 @@ def test_tiny_grid_writes_every_output(clean):
     assert not result["failures"]
     report = (out / "report.md").read_text()
     for text in ("## Where RSA breaks", "### Worst-case ranking", "### Best method under each attack",
-                 "| rank | method | tuned values", "within the confidence interval", "## Hyper-parameters"):
+                 "| rank | method | tuned values", "paired interval", "## Hyper-parameters", "| drift |"):
         assert text in report
     for level in ("iid", "by-label"):
         for suffix in ("png", "svg"):
@@ -374,3 +374,80 @@ def test_byzrsa_tune_walks_out_and_scores_on_validation(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ranked by TEST accuracy" in printed and "TEST accuracy (--rank-by-test" in printed
     assert main(args + ["--rank-by-test", "--validation", "0.1"]) == 2
+
+
+# --------------------------------------------------------------------------- convergence and paired verdicts
+
+
+def test_drift_is_the_change_over_the_last_fifth():
+    from byzrsa.experiments.bench_stats import convergence, drift_of
+
+    rising = [{"iteration": k, "accuracy": k / 100} for k in range(10, 101, 10)]
+    # final window: iterations >= 90 (0.9, 1.0); earlier window: 70..80 (0.7, 0.8)
+    assert drift_of(rising) == pytest.approx(0.95 - 0.75)
+    flat = [{"iteration": k, "accuracy": 0.8 + (0.002 if k % 20 else 0.0)} for k in range(10, 101, 10)]
+    assert abs(drift_of(flat)) < 0.01
+    coarse = [{"iteration": 50, "accuracy": 0.5}, {"iteration": 100, "accuracy": 0.6}]  # nothing in 70..80
+    assert drift_of(coarse) == pytest.approx(0.1)
+    assert drift_of([{"iteration": 100, "accuracy": 0.6}]) is None
+    diverged = rising[:5] + [{"iteration": k, "accuracy": math.nan} for k in range(60, 101, 10)]
+    assert drift_of(diverged) == 0.0  # NaN counts as 0 on both sides: diverged is settled (at 0)
+    assert convergence([0.2, 0.22], [0.9, 0.91]) == (pytest.approx(0.21), False)
+    assert convergence([0.005, -0.003], [0.9, 0.91])[1] is True  # within the 0.01 floor
+    assert convergence([0.04, 0.04], [0.5, 0.7])[1] is True  # within the seed spread (std 0.14)
+    assert convergence([], []) == (None, None)
+
+
+def _cell(method, attack, *values, converged=True):
+    from byzrsa.experiments.bench_stats import CellResult
+
+    return CellResult("s", method, attack, {}, summarise(values), dict(enumerate(values)), converged=converged,
+                      drift=0.0 if converged else 0.2)
+
+
+def test_paired_seeds_decide_what_overlapping_intervals_cannot():
+    from byzrsa.experiments.bench_report import verdicts
+    from byzrsa.experiments.bench_stats import compare, paired_difference
+
+    # seed effects shared by both methods: the unpaired intervals overlap, every per-seed difference is -0.02
+    rsa, best = _cell("RSA", "alie", 0.50, 0.60, 0.70), _cell("CClip", "alie", 0.52, 0.62, 0.72)
+    assert rsa.stat.high > best.stat.low  # unpaired: overlapping
+    d = paired_difference(rsa, best)
+    assert d.mean == pytest.approx(-0.02) and compare(rsa, best) == "below" and compare(best, rsa) == "above"
+    v = verdicts([rsa, best], ["RSA", "CClip"], ["alie"], ["RSA"], [])
+    assert v["per_attack"][0]["rsa"]["RSA"]["status"] == "loses"
+    noisy = _cell("RSA", "alie", 0.50, 0.64, 0.70)  # differences -0.02, +0.02, -0.02: the interval holds 0
+    assert compare(noisy, best) == "tie"
+    # only common seeds pair; fewer than two decide nothing
+    lone = _cell("RSA", "alie", 0.1)
+    assert compare(lone, best) == "no interval"
+
+
+def test_non_converged_cell_is_reported_as_such():
+    from byzrsa.experiments.bench_report import _breaks_text, verdicts
+
+    slow = [_cell("RSA", "alie", 0.50, 0.51, 0.52, converged=False), _cell("CClip", "alie", 0.90, 0.91, 0.89)]
+    v = verdicts(slow, ["RSA", "CClip"], ["alie"], ["RSA"], [])
+    assert v["per_attack"][0]["rsa"]["RSA"]["status"] == "not converged"
+    assert [row["status"] for row in v["ranking"]] == ["best worst case", "not converged"]
+    text = _breaks_text("s", "RSA", v["rsa"]["RSA"])
+    assert "not converged (no verdict) under alie" in text and "loses" not in text
+    # the best's cell not converged: no verdict for RSA either
+    v = verdicts([_cell("RSA", "alie", 0.5, 0.51, 0.52), _cell("CClip", "alie", 0.9, 0.91, 0.89, converged=False)],
+                 ["RSA", "CClip"], ["alie"], ["RSA"], [])
+    assert v["per_attack"][0]["rsa"]["RSA"]["status"] == "not converged"
+
+
+def test_a_short_run_is_a_non_converged_cell_in_the_report(tmp_path):
+    """End to end: RSA at a small step over 20 iterations is still climbing; Median over 300 has settled."""
+    grid = tiny_grid(levels=(Level("iid", {"split": "iid"}),), attacks=(AttackSpec("none", {"attack": "none"}),),
+                     methods=(MethodSpec("RSA", {"method": "rsa", "lr": 0.05, "lam": 0.01}),
+                              MethodSpec("Median", {"method": "median", "lr": 0.3, "iterations": 300,
+                                                    "eval_every": 10})), seeds=(0, 1))
+    bench(grid, out=tmp_path, jobs=1, untuned=True, calibrate=False, quiet=True)
+    cells = {c["method"]: c for c in json.loads((tmp_path / "cells.json").read_text())["cells"]}
+    assert cells["RSA"]["converged"] is False and cells["RSA"]["drift"] > 0.1
+    assert cells["Median"]["converged"] is True and abs(cells["Median"]["drift"]) <= 0.01
+    report = (tmp_path / "report.md").read_text()
+    assert "RSA: not converged (gap" in report and "| not converged |" in report
+    assert "not converged (no verdict) in 1" in report and "loses (paired interval below 0) in 0" in report

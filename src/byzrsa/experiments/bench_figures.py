@@ -32,7 +32,8 @@ def _save(fig: plt.Figure, path: Path) -> list[Path]:
 
 def heatmap(results: Sequence[CellResult], methods: Sequence[str], attacks: Sequence[str], title: str,
             path: Path) -> list[Path]:
-    """Methods x attacks, colour = mean final accuracy, text = mean +- CI; each method's worst attack outlined."""
+    """Methods x attacks, colour = mean final accuracy, text = mean +- CI (``~``: not converged); each method's
+    worst attack outlined."""
     cell = {(r.method, r.attack): r for r in results}
     fig, ax = plt.subplots(figsize=(1.25 * len(attacks) + 3.2, 0.5 * len(methods) + 1.8), dpi=120)
     grid = [[cell[(m, a)].stat.mean if (m, a) in cell and cell[(m, a)].stat.n else math.nan for a in attacks]
@@ -47,7 +48,8 @@ def heatmap(results: Sequence[CellResult], methods: Sequence[str], attacks: Sequ
                 continue
             ci = "" if not math.isfinite(r.stat.ci) else f"\n±{r.stat.ci:.3f}"
             colour = "black" if r.stat.mean > 0.6 else "white"
-            ax.text(j, i, f"{r.stat.mean:.3f}{ci}", ha="center", va="center", fontsize=7, color=colour)
+            mark = "~" if r.converged is False else ""  # still moving over the last 20% of the iterations
+            ax.text(j, i, f"{mark}{r.stat.mean:.3f}{ci}", ha="center", va="center", fontsize=7, color=colour)
             if r.worst:
                 ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="red", linewidth=2.2))
     ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)

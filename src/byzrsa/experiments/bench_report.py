@@ -1,14 +1,20 @@
 """The benchmark's outputs: heatmaps, the worst-case ranking, verdicts on RSA, ``report.md``, cells.json and .csv.
 
-Every verdict is computed here from the cells' numbers (:mod:`~byzrsa.experiments.bench_stats`):
+Every verdict is computed here from the cells' numbers (:mod:`~byzrsa.experiments.bench_stats`),
+by a paired comparison over seeds (seed s gives every method the same data, batches and Byzantine draws):
+the 95% Student-t interval of the mean of the per-seed differences
+(:func:`~byzrsa.experiments.bench_stats.compare`):
 
 * **best under an attack**: the highest mean among the defences (Ideal SGD, which
   ignores the Byzantine workers, is shown as the ceiling but never "best");
-  methods whose interval overlaps the best's are tied with it;
-* **RSA within the interval of the best**: its interval overlaps the best's;
-* **RSA loses**: its interval lies entirely below the best's; by how much = the
+  methods whose paired interval against the best holds 0 are tied with it;
+* **RSA tied with the best**: the paired interval of (RSA - best) holds 0;
+* **RSA loses**: that interval lies entirely below 0; by how much = the
   difference of the means; the attack that breaks RSA in a scenario is the one
-  with its lowest mean.
+  with its lowest mean;
+* **not converged**: RSA's cell or the best's moved by more than the seed spread
+  over the last 20% of the iterations; no win, tie or loss is read from it;
+* with fewer than two seeds there is no interval and no tie or loss.
 """
 
 from __future__ import annotations
@@ -20,14 +26,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from byzrsa.experiments.bench_stats import CellResult, Stat, beats, by_scenario, collect, overlaps, run_rows
+from byzrsa.experiments.bench_stats import CellResult, by_scenario, collect, compare, paired_difference, run_rows
 from byzrsa.experiments.bench_stats import final_accuracy
 from byzrsa.experiments.bench_tune import format_tuning
 
 __all__ = ["write_report", "verdicts", "final_accuracy", "CSV_COLUMNS"]
 
 CSV_COLUMNS = ("level", "q", "f", "method", "attack", "n_seeds", "mean", "ci95", "std", "worst_for_method", "tuned",
-               "values", "per_seed", "missing_seeds", "diverged_seeds", "not_applicable", "run_keys")
+               "values", "per_seed", "missing_seeds", "diverged_seeds", "not_applicable", "run_keys", "drift",
+               "converged")
 
 
 def _method_name(settings: Mapping[str, Any]) -> str:
@@ -55,43 +62,43 @@ def verdicts(results: Sequence[CellResult], methods: Sequence[str], attacks: Seq
             continue
         worst = min(mine, key=lambda r: r.stat.mean)
         ranking.append({"method": m, "worst_attack": "(ignores the attack)" if m in oracles else worst.attack,
-                        "worst": worst.stat,
+                        "worst": worst.stat, "worst_cell": worst,
                         "mean_over_attacks": sum(r.stat.mean for r in mine) / len(mine), "oracle": m in oracles})
     ranking.sort(key=lambda row: -row["worst"].mean)
     defences = [row for row in ranking if not row["oracle"]]
     for row in ranking:
-        if defences and row is defences[0]:
-            row["status"] = "best worst case"
-        elif defences and not _intervals(row["worst"], defences[0]["worst"]):
-            row["status"] = "no interval (one seed)" + (" (ceiling)" if row["oracle"] else "")
-        elif defences and overlaps(row["worst"], defences[0]["worst"]):
-            row["status"] = "tied with the best" + (" (ceiling)" if row["oracle"] else "")
-        elif defences and beats(row["worst"], defences[0]["worst"]):
-            row["status"] = "ceiling (ignores the Byzantine workers)"
-        else:
-            row["status"] = "below the best" + (" (ceiling)" if row["oracle"] else "")
+        ceiling = " (ceiling)" if row["oracle"] else ""
+        if not defences:
+            row["status"] = "-"
+            continue
+        if row is defences[0]:
+            row["status"] = "best worst case" + (" (not converged)" if row["worst_cell"].converged is False else "")
+            continue
+        word = compare(row["worst_cell"], defences[0]["worst_cell"])
+        row["status"] = {"not converged": "not converged" + ceiling, "no interval": "no interval (one seed)" + ceiling,
+                         "tie": "tied with the best" + ceiling, "below": "below the best" + ceiling,
+                         "above": "ceiling (ignores the Byzantine workers)" if row["oracle"] else "above the best"}[word]
     per_attack = []
     for a in attacks:
-        entries = {m: cell[(m, a)].stat for m in methods if (m, a) in cell and m not in oracles}
+        entries = {m: cell[(m, a)] for m in methods if (m, a) in cell and m not in oracles}
         if not entries:
             continue
-        best = max(entries, key=lambda m: entries[m].mean)
-        tied = [m for m in entries if m != best and _intervals(entries[m], entries[best])
-                and overlaps(entries[m], entries[best])]
-        row: dict[str, Any] = {"attack": a, "best": best, "best_stat": entries[best], "tied": tied, "rsa": {}}
+        best = max(entries, key=lambda m: entries[m].stat.mean)
+        tied = [m for m in entries if m != best and compare(entries[m], entries[best]) == "tie"]
+        row: dict[str, Any] = {"attack": a, "best": best, "best_stat": entries[best].stat, "tied": tied, "rsa": {},
+                               "best_converged": entries[best].converged}
         for r in rsa:
             if r not in entries:
                 continue
-            s = entries[r]
+            mine = entries[r]
             if r == best:
-                status = "best"
-            elif not _intervals(entries[best], s):  # one seed: a gap, but no way to call it a loss or a tie
-                status = "no interval"
-            elif beats(entries[best], s):
-                status = "loses"
+                status = "best" if mine.converged is not False else "not converged"
             else:
-                status = "within the CI of the best"
-            row["rsa"][r] = {"stat": s, "status": status, "gap": entries[best].mean - s.mean}
+                status = {"below": "loses", "tie": "within the CI of the best", "above": "within the CI of the best",
+                          "no interval": "no interval", "not converged": "not converged"}[compare(mine, entries[best])]
+            row["rsa"][r] = {"stat": mine.stat, "status": status, "gap": entries[best].stat.mean - mine.stat.mean,
+                             "paired": paired_difference(mine, entries[best]) if r != best else None,
+                             "converged": mine.converged}
         per_attack.append(row)
     rsa_view = {}
     for r in rsa:
@@ -103,18 +110,14 @@ def verdicts(results: Sequence[CellResult], methods: Sequence[str], attacks: Seq
                            for row in per_attack if r in row["rsa"] and row["rsa"][r]["status"] == status),
                           key=lambda x: -x[1])
 
-        losses, unresolved = gaps("loses"), gaps("no interval")
         worst = min(mine, key=lambda a: mine[a].mean)
         clean = next((mine[a] for a in attacks if a == "none" and a in mine), None)
-        rsa_view[r] = {"losses": losses, "unresolved": unresolved, "worst_attack": worst, "worst": mine[worst], "clean": clean,
+        rsa_view[r] = {"losses": gaps("loses"), "unresolved": gaps("no interval"),
+                       "unconverged": gaps("not converged"), "worst_attack": worst, "worst": mine[worst],
+                       "clean": clean,
                        "ties": [row["attack"] for row in per_attack if r in row["rsa"]
                                 and row["rsa"][r]["status"] in ("best", "within the CI of the best")]}
     return {"ranking": ranking, "per_attack": per_attack, "rsa": rsa_view}
-
-
-def _intervals(*stats: Stat) -> bool:
-    """Whether every one has a confidence interval (two seeds or more): only then is a tie or a loss decidable."""
-    return all(math.isfinite(st.ci) for st in stats)
 
 
 def _values_text(values: Mapping[str, float]) -> str:
@@ -136,32 +139,58 @@ def _breaks_text(scenario_label: str, rsa: str, view: Mapping[str, Any]) -> str:
         said.append(f"{rsa} loses under {listed(view['losses'])}")
     if view["unresolved"]:
         said.append(f"with one seed (no intervals) {rsa} is behind the best under {listed(view['unresolved'])}")
+    if view.get("unconverged"):
+        said.append(f"not converged (no verdict) under {listed(view['unconverged'])}")
     if not said:
         return f"- {scenario_label}: {rsa} is within the CI of the best under every attack; {tail}."
     return f"- {scenario_label}: {'; and '.join(said)}; {tail}."
 
 
+def _drift_text(cell: CellResult) -> str:
+    if cell.drift is None:
+        return "n/a"
+    return f"{cell.drift:+.3f}" + (" (not converged)" if cell.converged is False else "")
+
+
+def _verdict_text(d: Mapping[str, Any]) -> str:
+    status, gap, paired = d["status"], d["gap"], d.get("paired")
+    interval = f" (paired difference {paired.mean:+.3f} ± {paired.ci:.3f})" if paired is not None and \
+        math.isfinite(paired.ci) else ""
+    if status == "loses":
+        return f"loses by {gap:.3f}{interval}"
+    if status == "no interval":
+        return f"behind by {gap:.3f}, no interval (one seed)"
+    if status == "within the CI of the best":
+        return f"tied with the best{interval}"
+    if status == "not converged":
+        return f"not converged (gap {gap:.3f}, no verdict)"
+    return status
+
+
 def _scenario_section(scenario: Any, v: Mapping[str, Any], values: Mapping[tuple[str, str], Mapping[str, float]],
-                      image: str, untuned: bool, n_seeds: int) -> list[str]:
+                      image: str, untuned: bool, n_seeds: int, lambda0: float | None = None) -> list[str]:
     lines = [f"## {scenario.label}", "", f"![heatmap]({image})", "",
              "### Worst-case ranking", "",
-             f"Worst case = the method's lowest cell (mean final test accuracy over {n_seeds} seeds ± 95% CI).", "",
+             f"Worst case = the method's lowest cell (mean final test accuracy over {n_seeds} seeds ± 95% CI); "
+             "verdicts against the best by the paired interval over seeds; drift = change of the mean accuracy over "
+             "the last 20% of the iterations (a cell whose drift exceeds its seed spread and 0.01 has not converged).",
+             "",
              "| rank | method | " + ("values (untuned)" if untuned else "tuned values")
-             + " | worst attack | worst-case accuracy | mean over attacks | verdict |",
-             "|---|---|---|---|---|---|---|"]
+             + " | worst attack | worst-case accuracy | drift | mean over attacks | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, row in enumerate(v["ranking"], 1):
         vals = _values_text(values.get((row["method"], scenario.level), {}))
+        if lambda0 is not None and "lam" in values.get((row["method"], scenario.level), {}):
+            vals += f" (lambda0 {lambda0:.3g})"
         lines.append(f"| {i} | {row['method']} | {vals} | {row['worst_attack']} | {row['worst'].text()} | "
-                     f"{row['mean_over_attacks']:.3f} | {row['status']} |")
+                     f"{_drift_text(row['worst_cell'])} | {row['mean_over_attacks']:.3f} | {row['status']} |")
     lines += ["", "### Best method under each attack", "",
-              "| attack | best | accuracy | tied with the best (overlapping CI) | RSA | RSA's verdict |",
+              "| attack | best | accuracy | tied with the best (paired CI of the difference holds 0) | RSA | "
+              "RSA's verdict |",
               "|---|---|---|---|---|---|"]
     for row in v["per_attack"]:
         rsa = "; ".join(f"{r}: {d['stat'].text()}" for r, d in row["rsa"].items()) or "-"
-        verdict = "; ".join(
-            (f"loses by {d['gap']:.3f}" if d["status"] == "loses"
-             else f"behind by {d['gap']:.3f}, no interval (one seed)" if d["status"] == "no interval" else d["status"]) for d in row["rsa"].values()
-        ) or "-"
+        verdict = "; ".join(f"{r}: {_verdict_text(d)}" for r, d in row["rsa"].items()) or "-"
         lines.append(f"| {row['attack']} | {row['best']} | {row['best_stat'].text()} | "
                      f"{', '.join(row['tied']) or '-'} | {rsa} | {verdict} |")
     return lines + [""]
@@ -179,6 +208,7 @@ def _cells_rows(results: Sequence[CellResult], values: Mapping[tuple[str, str], 
             "values": dict(values.get((r.method, r.scenario.level), {})),
             "per_seed": {str(k): v for k, v in r.per_seed.items()}, "missing_seeds": r.missing,
             "diverged_seeds": r.diverged, "not_applicable": r.na, "run_keys": {str(k): v for k, v in r.keys.items()},
+            "drift": r.drift, "converged": r.converged,
         })
     return rows
 
@@ -227,8 +257,12 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
               f"{', '.join(map(str, grid.byzantine))}; declared f: {', '.join(map(str, grid.declared_f))}; "
               f"seeds: {', '.join(map(str, grid.seeds))}.",
               "- Final accuracy = mean test accuracy over the last 10% of the iterations; cells give mean ± 95% "
-              "confidence interval over seeds (Student t, n - 1 degrees of freedom). One method beats another only "
-              "when their intervals do not overlap; otherwise it is a tie.",
+              "confidence interval over seeds (Student t, n - 1 degrees of freedom). Seeds are paired (seed s gives "
+              "every method the same data split, batches and Byzantine draws), so one method beats another only "
+              "when the 95% Student-t interval of the mean per-seed difference excludes 0; otherwise it is a tie.",
+              "- Converged: a cell whose mean accuracy moved over the last 20% of the iterations by more than "
+              "max(seed standard deviation, 0.01) has not converged; its verdicts read \"not converged\" "
+              "(no win, tie or loss).",
               "- Hyper-parameters: " + (
                   "**untuned**: every method at its starting values." if plan.untuned else
                   "tuned on a validation split of the training data by the worst case over the grid's attacks "
@@ -245,13 +279,13 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
     lines += ["", "## Hyper-parameters" + mark, "", format_tuning(plan.tune_jobs, grid.tuning, plan.untuned), ""]
     sections: list[str] = []
     breaks: list[str] = []
-    counts = {"best": 0, "tie": 0, "loses": 0, "no interval": 0}
-    largest: tuple[float, str] | None = None
+    counts = {r: {"best": 0, "tie": 0, "loses": 0, "no interval": 0, "not converged": 0} for r in rsa}
+    largest: dict[str, tuple[float, str]] = {}
     written: list[str] = []
     for scenario, group in by_scenario(results).items():
         image = f"heatmap-{scenario.slug}"
         title = (f"{grid.name}: {scenario.label}{mark}\nmean final test accuracy ± 95% CI over {n_seeds} seeds; "
-                 "outlined: each method's worst attack")
+                 "outlined: each method's worst attack; ~: not converged")
         written += [p.name for p in bench_figures.heatmap(group, methods, attacks, title, out / image)]
         v = verdicts(group, methods, attacks, rsa, oracles)
         sections += _scenario_section(scenario, v, values, image + ".png", plan.untuned, n_seeds)
@@ -259,9 +293,9 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
             breaks.append(_breaks_text(scenario.label, r, view))
         for row in v["per_attack"]:
             for r, d in row["rsa"].items():
-                counts[d["status"] if d["status"] in ("best", "loses", "no interval") else "tie"] += 1
-                if d["status"] == "loses" and (largest is None or d["gap"] > largest[0]):
-                    largest = (d["gap"], f"{r} under {row['attack']} at {scenario.label}, by {d['gap']:.3f} "
+                counts[r][d["status"] if d["status"] in counts[r] else "tie"] += 1
+                if d["status"] == "loses" and (r not in largest or d["gap"] > largest[r][0]):
+                    largest[r] = (d["gap"], f"{r} under {row['attack']} at {scenario.label}, by {d['gap']:.3f} "
                                          f"({d['stat'].text()} vs {row['best']} {row['best_stat'].text()})")
         for attack in attacks:
             if _wanted(curves, scenario, attack):
@@ -271,14 +305,16 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
                 bench_figures.curves(picked, lambda key: run_rows(out, key),
                                      f"{grid.name}: {scenario.label}, attack {attack}{mark}", path)
     if rsa:
-        total = sum(counts.values())
-        lines += ["## Where RSA breaks", "",
-                  f"Over {total} (scenario, attack) cells: RSA is the best in {counts['best']}, within the confidence "
-                  f"interval of the best in {counts['tie']}, and loses (non-overlapping intervals) in "
-                  f"{counts['loses']}"
-                  + (f"; in {counts['no interval']} there is no interval to decide (one seed)" if counts["no interval"]
-                     else "")
-                  + "." + (f" Its largest loss: {largest[1]}." if largest else ""), "", *breaks, ""]
+        lines += ["## Where RSA breaks", ""]
+        for r in rsa:
+            c = counts[r]
+            lines.append(
+                f"- {r}: over {sum(c.values())} (scenario, attack) cells, the best in {c['best']}, tied with the "
+                f"best (paired interval holds 0) in {c['tie']}, loses (paired interval below 0) in {c['loses']}"
+                + (f"; not converged (no verdict) in {c['not converged']}" if c["not converged"] else "")
+                + (f"; no interval to decide (one seed) in {c['no interval']}" if c["no interval"] else "")
+                + "." + (f" Largest loss: {largest[r][1]}." if r in largest else ""))
+        lines += ["", *breaks, ""]
     lines += sections
     na = [r for r in results if r.na]
     if na:
