@@ -369,7 +369,8 @@ def attack(problem: Problem, regular: list[np.ndarray], own: list[np.ndarray], g
             out.append(regular[c.attack_options['copy_from']].copy())
         elif c.attack == "gaussian":
             noise = torch.randn(len(regular[0]), generator=gens[j], dtype=torch.float64).numpy()
-            out.append(c.attack_options['std'] * noise)
+            centre = moments(regular)[0] if c.attack_options.get("around") == "mean" else 0.0
+            out.append(c.attack_options['std'] * noise + centre)
         elif c.attack == "non-finite":
             out.append(np.full_like(regular[0], c.attack_options['value']))
         elif c.attack == "negative-sum":
@@ -377,6 +378,48 @@ def attack(problem: Problem, regular: list[np.ndarray], own: list[np.ndarray], g
         else:
             raise AssertionError(c.attack)
     return out
+
+
+class VarianceReduction:
+    """SAGA and LSVRG (--vr) straight from their equations, one worker at a time, with full per-sample tables.
+
+    SAGA: phi_s = grad f_s(x0) for every local sample at the start; the estimate is
+    mean_{s in B}(grad f_s(x) - phi_s) + mean_j phi_j, then phi_s <- grad f_s(x).
+    LSVRG: grad_B(x) - grad_B(w) + grad f(w), w = x0 at the start; then, with
+    probability p (default 1/J), w <- x, one float64 uniform per iteration from the
+    worker's "vr" stream.
+    """
+
+    def __init__(self, problem: Problem, active: int, gradient) -> None:
+        from byzrsa.engines.common import derive_generator
+
+        c = problem.config
+        self.name, self.p = c.vr, c.vr_options.get("p")
+        self.gradient = gradient  # (worker, w, sample ids) -> mean gradient over those samples
+        self.shards = [problem.shards[i].numpy() for i in range(active)]
+        start = problem.init_vector().double().numpy()
+        if self.name == "saga":
+            self.tables = [{int(j): gradient(i, start, np.array([j])) for j in shard} for i, shard in enumerate(self.shards)]
+        else:
+            self.snapshots = [start.copy() for _ in self.shards]
+            self.full = [gradient(i, start, shard) for i, shard in enumerate(self.shards)]
+            self.coins = [derive_generator(c.seed, "vr", i) for i in range(active)]
+
+    def __call__(self, i: int, w: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        if self.name == "saga":
+            table = self.tables[i]
+            mean = sum(table.values()) / len(table)
+            new = {int(s): self.gradient(i, w, np.array([s])) for s in batch}
+            estimate = sum(new[int(s)] - table[int(s)] for s in batch) / len(batch) + mean
+            table.update(new)
+            return estimate
+        estimate = self.gradient(i, w, batch) - self.gradient(i, self.snapshots[i], batch) + self.full[i]
+        p = self.p if self.p is not None else 1.0 / len(self.shards[i])
+        if float(torch.rand(1, generator=self.coins[i], dtype=torch.float64)) < p:
+            self.snapshots[i], self.full[i] = w.copy(), self.gradient(i, w, self.shards[i])
+        return estimate
 
 
 def reference_run(problem: Problem, iterations: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -409,13 +452,19 @@ def reference_run(problem: Problem, iterations: int) -> tuple[np.ndarray, np.nda
         y = y_all[batch]
         return classes - 1 - y if i >= r and c.attack == "label-flip" else y
 
+    def minibatch_gradient(i: int, w: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        return softmax_grad(w, x_all[batch], labels(i, batch), classes)
+
+    # worker i's gradient at w on its minibatch: plain, or variance-reduced (--vr)
+    gradient = VarianceReduction(problem, active, minibatch_gradient) if c.vr != "none" else minibatch_gradient
+
     for k in range(1, iterations + 1):
         alpha = c.lr / math.sqrt(k) if c.lr_schedule == "sqrt" else c.lr
         batches = [samplers[i].next().numpy() for i in range(active)]
         if c.method == "rsa":
             new = list(local)
             for i in range(active):
-                g = softmax_grad(local[i], x_all[batches[i]], labels(i, batches[i]), classes)
+                g = gradient(i, local[i], batches[i])
                 new[i] = local[i] - alpha * (g / m + c.lam * subgradient(local[i] - x0, p))
             sent = new if c.master_order == "gauss-seidel" else local
 
@@ -427,7 +476,7 @@ def reference_run(problem: Problem, iterations: int) -> tuple[np.ndarray, np.nda
             local = new
         else:
             grads = [
-                softmax_grad(x0, x_all[batches[i]], labels(i, batches[i]), classes) + c.mu * x0 for i in range(active)
+                gradient(i, x0, batches[i]) + c.mu * x0 for i in range(active)
             ]
             if c.momentum:
                 momenta = [(1 - c.momentum) * g if momenta is None else c.momentum * mi + (1 - c.momentum) * g

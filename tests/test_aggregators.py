@@ -278,7 +278,7 @@ def test_identical_rows_return_that_row(name: str, data: st.DataObject, dtype: t
     out = rule(x, f)
     if rule.sign_output:
         assert torch.equal(out, torch.sign(row))
-    elif name in ("mean", "trimmed-mean", "multi-krum"):
+    elif name in ("mean", "trimmed-mean", "multi-krum", "ios"):  # means of the kept rows
         torch.testing.assert_close(out, row, rtol=4 * torch.finfo(dtype).eps, atol=0)  # (v + ... + v) / k may round
     else:
         assert torch.equal(out, row)
@@ -436,7 +436,7 @@ def test_rule_call_passes_f_only_when_needed() -> None:
     assert torch.equal(RULES["multi-krum"](x, 1, k=2), multi_krum(x, 1, k=2))
     assert torch.equal(RULES["geomed"](x, 1, max_iter=0), median(x))
     assert set(RULES) == {
-        "mean", "median", "trimmed-mean", "geomed", "krum", "multi-krum", "cclip", "bulyan", "signsgd"
+        "mean", "median", "trimmed-mean", "geomed", "krum", "multi-krum", "cclip", "bulyan", "signsgd", "ios"
     }
     assert not RULES["mean"].robust and all(RULES[n].robust for n in ALL if n != "mean")
 

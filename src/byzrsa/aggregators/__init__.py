@@ -43,6 +43,7 @@ from byzrsa.aggregators._common import _check_f, _check_krum, _check_trimmed
 from byzrsa.aggregators.bulyan import _check_bulyan, bulyan, bulyan_selection
 from byzrsa.aggregators.cclip import centered_clipping
 from byzrsa.aggregators.coordinate import mean, median, trimmed_mean
+from byzrsa.aggregators.ios import ios, ios_check
 from byzrsa.aggregators.geomed import geometric_median, geometric_median_with_info
 from byzrsa.aggregators.krum import krum, krum_scores, multi_krum
 from byzrsa.aggregators.signsgd import sign_majority
@@ -62,6 +63,7 @@ __all__ = [
     "bulyan",
     "bulyan_selection",
     "sign_majority",
+    "ios",
     "Rule",
     "RULES",
     "get_rule",
@@ -169,6 +171,11 @@ RULES.register(Rule(
 RULES.register(Rule(
     "signsgd", sign_majority, "signSGD", "majority vote of the rows' signs (a step direction in {-1, 0, 1})",
     translation_equivariant=False, scale_equivariant=False, sign_output=True,
+))
+
+RULES.register(Rule(
+    "ios", ios, "IOS", "iterative outlier scissor: f times drop the row farthest from the (weighted) mean of the rest",
+    needs_f=True, check=ios_check,
 ))
 
 

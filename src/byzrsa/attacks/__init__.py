@@ -51,6 +51,7 @@ from byzrsa.attacks.basic import (
     same_value,
     sign_flip,
 )
+from byzrsa.attacks.graph import dissensus, isolation
 from byzrsa.attacks.mimic import mimic
 from byzrsa.attacks.optimised import DIRECTIONS, min_max, min_sum
 from byzrsa.attacks.rsa_aware import TARGETS, rsa_aware
@@ -79,6 +80,8 @@ __all__ = [
     "alie_opt",
     "ipm_opt",
     "rsa_aware",
+    "dissensus",
+    "isolation",
 ]
 
 
@@ -119,7 +122,11 @@ ATTACKS.register(Attack(
 ))
 ATTACKS.register(Attack(
     "gaussian", gaussian, "gaussian", "send N(0, std^2) noise",
-    options=(Option("std", float, 200.0, "standard deviation", non_negative),), reads_regular=False,
+    options=(
+        Option("std", float, 200.0, "standard deviation", non_negative),
+        Option("around", str, "zero", "centre of the noise: zero, or mean (of the regular messages)",
+               one_of("zero", "mean")),
+    ),
 ))
 ATTACKS.register(Attack(
     "non-finite", non_finite, "non-finite", "send NaN or inf",
@@ -165,6 +172,16 @@ ATTACKS.register(Attack(
     options=(Option("target", str, "against-pull", "direction pushed: against-pull, negative-x0 or ones",
                     one_of(*TARGETS)),),
     needs_master=True,
+))
+
+ATTACKS.register(Attack(
+    "dissensus", dissensus, "dissensus",
+    "graph only: x_i - eps sum_j W_ij (x_j - x_i) / sum_b W_ib, pushing regular nodes apart (He et al. 2022)",
+    options=(Option("eps", float, 1.5, "strength epsilon (1 = isolation)", finite),), needs_graph=True,
+))
+ATTACKS.register(Attack(
+    "isolation", isolation, "isolation",
+    "graph only: what makes the receiver's weighted average its own model (Wu, Chen, Ling 2023)", needs_graph=True,
 ))
 
 

@@ -48,6 +48,11 @@ class AttackContext:
     state : dict
         Kept across rounds for the run (stateful attacks such as mimic). Each
         call of a stateful attack is one round: call it once per round.
+    receiver, regular_weights, byzantine_weight :
+        On a graph (``--topology``), for entries with ``needs_graph``: the
+        receiving node's own model ``x_i`` (d,), its mixing weights ``W_ij`` of
+        the regular neighbours whose messages are ``regular`` (same order), and
+        the sum of its weights ``W_ib`` of the Byzantine neighbours sending.
     """
 
     generators: Sequence[torch.Generator] = ()
@@ -59,6 +64,9 @@ class AttackContext:
     lam: float = 0.0
     p: float = 1.0
     state: dict[str, Any] = field(default_factory=dict)
+    receiver: Tensor | None = None
+    regular_weights: Tensor | None = None
+    byzantine_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,9 @@ class Attack(Entry):
     check : callable or None
         ``check(regular, byzantine, options)`` raises :class:`ConfigError` for
         settings the attack cannot run with.
+    needs_graph : bool
+        Only meaningful on a graph (it reads ``ctx.receiver`` and the mixing
+        weights): refused without ``--topology``.
     """
 
     reads_regular: bool = True
@@ -90,6 +101,7 @@ class Attack(Entry):
     needs_master: bool = False
     label_map: Callable[[Tensor, int], Tensor] | None = None
     check: Callable[[int, int, dict[str, Any]], None] | None = None
+    needs_graph: bool = False
 
     def __call__(self, regular: Tensor, own: Tensor, ctx: AttackContext, **options: Any) -> Tensor:
         return self.fn(regular, own, ctx, **options)

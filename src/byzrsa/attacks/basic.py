@@ -54,14 +54,23 @@ def copy_worker(regular: Tensor, own: Tensor, ctx: AttackContext, *, copy_from: 
     return regular[copy_from].expand_as(own).clone()
 
 
-def gaussian(regular: Tensor, own: Tensor, ctx: AttackContext, *, std: float = 200.0) -> Tensor:
-    """Each Byzantine worker sends i.i.d. ``N(0, std^2)`` entries, drawn from its own generator.
+def gaussian(
+    regular: Tensor, own: Tensor, ctx: AttackContext, *, std: float = 200.0, around: str = "zero"
+) -> Tensor:
+    """Each Byzantine worker sends ``c + N(0, std^2)`` entries, the noise drawn from its own generator.
+
+    ``around = "zero"``: ``c = 0``, pure noise (the sanity attack). ``around =
+    "mean"``: ``c`` is the mean of the regular messages, the form of the
+    variance-reduction and decentralized papers (Byrd-SAGA, Wu et al. TSP 2020:
+    "mean of the regular messages plus variance 30"; IOS, Wu, Chen, Ling TSP
+    2023: the receiver's honest neighbours' mean plus Gaussian noise).
 
     The draws come from the worker's CPU generator and are then moved to the
     run's device, so a CUDA run draws exactly what a CPU run draws.
     """
     rows = [torch.randn(own.shape[1], generator=g, dtype=own.dtype) for g in ctx.generators]
-    return (torch.stack(rows) * std).to(own.device) if rows else torch.empty_like(own)
+    noise = (torch.stack(rows) * std).to(own.device) if rows else torch.empty_like(own)
+    return noise + regular.mean(dim=0) if around == "mean" else noise
 
 
 def non_finite(regular: Tensor, own: Tensor, ctx: AttackContext, *, value: float = math.nan) -> Tensor:
