@@ -451,3 +451,37 @@ def test_a_short_run_is_a_non_converged_cell_in_the_report(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "RSA: not converged (gap" in report and "| not converged |" in report
     assert "not converged (no verdict) in 1" in report and "loses (paired interval below 0) in 0" in report
+
+
+def test_paired_seeds_give_every_method_the_same_batches_and_draws():
+    """Seed s: every method of a cell gets the same shards, batch indices, Byzantine draws and initial model."""
+    plan = plan_bench(tiny_grid())
+    plan_grid(plan)
+    by_method = {}
+    for cell in plan.cells:
+        if cell.scenario.level == "by-label" and cell.attack == "sign-flip":
+            by_method[cell.method] = {s: plan.runs[k] for s, k in cell.keys.items()}
+    assert set(by_method) == {"RSA", "Ideal SGD", "Median"}
+
+    def draws(config):
+        problem = build_problem(config)
+        batches = [problem.sampler(w).next_block()[:5] for w in range(config.workers)]
+        attack = [torch.rand(3, generator=g) for g in problem.attack_generators()]
+        return problem.shards, batches, attack, problem.init_vector()
+
+    for seed in (0, 1):
+        configs = {m: runs[seed] for m, runs in by_method.items()}
+        assert len({c.seed for c in configs.values()}) == 1 and len({c.method for c in configs.values()}) == 3
+        got = {m: draws(c) for m, c in configs.items()}
+        ref = got["Median"]
+        for m, (shards, batches, attack, init) in got.items():
+            assert all(torch.equal(a, b) for a, b in zip(shards, ref[0])), m
+            assert all(torch.equal(a, b) for a, b in zip(batches, ref[1])), m
+            assert all(torch.equal(a, b) for a, b in zip(attack, ref[2])), m
+            assert torch.equal(init, ref[3]), m
+    # ... and another seed draws other batches
+    other = draws(by_method["Median"][1])[1]
+    assert not all(torch.equal(a, b) for a, b in zip(other, draws(by_method["Median"][0])[1]))
+    # the tuning runs of every method share one validation split (a fixed seed, not the method's)
+    tune_configs = list(plan.tune_runs.values())
+    assert {c.validation for c in tune_configs} == {0.2} and {c.seed for c in tune_configs} == {0}
