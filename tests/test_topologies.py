@@ -185,6 +185,38 @@ def test_adjacency_neighbours_and_directed_edges(name, m, q, options):
     assert t.regular == m - q
 
 
+@pytest.mark.parametrize(("name", "m", "q", "options"), CASES)
+def test_edge_weights_are_the_mixing_matrix_without_its_zeros(name, m, q, options):
+    t = build_topology(name, m, q, options)
+    w, w_self = t.edge_weights()
+    src, dst = t.directed_edges()
+    dense = t.mixing()
+    torch.testing.assert_close(w, dense[dst, src], rtol=0, atol=1e-15)
+    torch.testing.assert_close(w_self, dense.diagonal(), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_regular_components_match_a_plain_search(seed):
+    g = torch.Generator().manual_seed(seed)
+    m, q = 16, 5
+    pairs = [(i, j) for i, j in itertools.combinations(range(m), 2) if torch.rand(1, generator=g) < 0.12]
+    t = Topology("x", m, tuple(pairs), q, tuple(range(m)))
+    parts = t.regular_components()
+    assert sorted(x for part in parts for x in part) == list(range(m - q))
+    for part in parts:
+        assert part == sorted(part) and connected(set(part), set(pairs))
+    for a, b in itertools.combinations(parts, 2):
+        assert not connected(set(a) | set(b), set(pairs))
+    assert t.regular_connected() == (len(parts) == 1)
+
+
+def test_large_ring_is_checked_without_a_dense_matrix():
+    t = build_topology("ring", 20_000, 2)  # 20 000 x 20 000 would be 400 MB of booleans
+    assert t.regular_connected() and len(t.edges) == 20_000
+    with pytest.raises(ConfigError, match="2 parts"):
+        build_topology("ring", 20_000, 2, {"byzantine": "5,10000"})
+
+
 def test_byzantine_list_relabels_and_keeps_the_graph():
     plain = build_topology("two-castle", 12, 0)
     t = build_topology("two-castle", 12, 3, {"byzantine": "7,1,4"})

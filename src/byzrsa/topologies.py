@@ -21,6 +21,8 @@ the whole graph, Byzantine nodes included):
     \text{uniform:}\; W_{ij} = \frac{1}{1 + d_{\max}}\quad (ij \in E),\qquad
     W_{ii} = 1 - \sum_{j \ne i} W_{ij}.
 
+:meth:`Topology.mixing` is the dense ``(m, m)`` matrix; :meth:`Topology.edge_weights`
+the same numbers per directed edge, for graphs too large for a dense matrix.
 Metropolis-Hastings weights are those of Xiao, Boyd and Kim, *Distributed
 average consensus with least-mean-square deviation* (2007); the uniform
 (max-degree) weights are their "maximum-degree" weights.
@@ -178,33 +180,53 @@ class Topology:
         order = torch.argsort(dst * self.m + src)
         return src[order], dst[order]
 
+    def edge_weights(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+        """The mixing matrix without its zeros: ``(w, w_self)`` with ``w[e] = W[dst[e], src[e]]``.
+
+        ``w`` is aligned with :meth:`directed_edges` and ``w_self`` is the
+        diagonal ``(m,)``; equal to :meth:`mixing` entry for entry, in
+        ``O(m + |E|)`` memory for graphs too large for an ``(m, m)`` matrix.
+        """
+        src, dst = self.directed_edges()
+        deg = torch.bincount(dst, minlength=self.m).to(torch.float64)
+        if self.weighting == "metropolis":
+            w = 1.0 / (1.0 + torch.maximum(deg[src], deg[dst]))
+        else:
+            w = torch.full(src.shape, 1.0 / (1.0 + float(deg.max())), dtype=torch.float64)
+        w_self = 1.0 - torch.zeros(self.m, dtype=torch.float64).index_add_(0, dst, w)
+        return w.to(dtype), w_self.to(dtype)
+
     def regular_components(self) -> list[list[int]]:
         """Connected components of the regular nodes' subgraph, as sorted canonical labels."""
         r = self.regular
-        return _components(self.adjacency()[:r, :r].numpy())
+        pairs = np.asarray(self.edges, dtype=np.int64).reshape(-1, 2)
+        return _components(r, pairs[(pairs < r).all(axis=1)])
 
     def regular_connected(self) -> bool:
         """Whether the regular nodes stay connected without the Byzantine ones."""
         return len(self.regular_components()) == 1
 
 
-def _components(adj: np.ndarray) -> list[list[int]]:
-    """Connected components of the graph with boolean adjacency matrix ``adj``, each sorted."""
-    n = len(adj)
-    seen = np.zeros(n, dtype=bool)
-    components = []
-    for start in range(n):
-        if seen[start]:
-            continue
-        reach = np.zeros(n, dtype=bool)
-        reach[start] = True
-        frontier = reach.copy()
-        while frontier.any():  # breadth-first, one row-OR per layer
-            frontier = adj[frontier].any(axis=0) & ~reach
-            reach |= frontier
-        seen |= reach
-        components.append(np.flatnonzero(reach).tolist())
-    return components
+def _components(n: int, pairs: np.ndarray) -> list[list[int]]:
+    """Connected components of nodes ``0..n-1`` joined by the ``(E, 2)`` undirected ``pairs``, each sorted.
+
+    Label propagation: every node takes the smallest label among itself and its
+    neighbours, then follows its label's label (pointer jumping), until nothing
+    changes; O(|E|) per round, no (n, n) matrix, so it scales to large graphs.
+    """
+    label = np.arange(n)
+    i, j = pairs[:, 0], pairs[:, 1]
+    while True:
+        new = label.copy()
+        np.minimum.at(new, i, label[j])
+        np.minimum.at(new, j, label[i])
+        new = new[new]  # a label is a node of the same component with a smaller id: follow it
+        if np.array_equal(new, label):
+            break
+        label = new
+    order = np.argsort(label, kind="stable")
+    cuts = np.flatnonzero(np.diff(label[order])) + 1
+    return [part.tolist() for part in np.split(order, cuts)] if n else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,9 +320,11 @@ def _er(m: int, byzantine: Sequence[bool], seed: int, p: float = 0.7, graph_seed
     regular = torch.tensor([not b for b in byzantine])
     for _ in range(ER_ATTEMPTS):
         upper = torch.triu(torch.rand(m, m, generator=generator, dtype=torch.float64) < p, diagonal=1)
-        sub = (upper | upper.T)[regular][:, regular].numpy()
-        if len(_components(sub)) <= 1:
-            return [tuple(e) for e in torch.nonzero(upper).tolist()]  # type: ignore[misc]
+        pairs = torch.nonzero(upper)
+        kept = pairs[regular[pairs].all(dim=1)]
+        index = torch.cumsum(regular, 0) - 1  # user id -> position among the regular nodes
+        if len(_components(int(regular.sum()), index[kept].numpy())) <= 1:
+            return [tuple(e) for e in pairs.tolist()]  # type: ignore[misc]
     raise ConfigError(
         f"topology 'er': the regular nodes' subgraph was disconnected in all {ER_ATTEMPTS} draws "
         f"(m = {m}, p = {p:g}): raise p"
