@@ -146,7 +146,7 @@ def run_steps(models: list[str], workers: list[int], quick: bool) -> list[dict[s
                 sim.step()
                 sims[method] = sim
             rsa = sims["rsa-l1"]
-            x, y = rsa._minibatch()
+            x, y = rsa._batch(rsa._next_indices(), slice(0, rsa.active))  # one whole-step minibatch
             cases = {
                 "rsa-l1": rsa.step,
                 "ideal-sgd": sims["ideal-sgd"].step,

@@ -187,7 +187,7 @@ def user_module(tmp_path, monkeypatch):
 def test_user_factory_by_import_path(user_module):
     model = build_model(f"{user_module}:Tiny", SHAPE, 10, {"width": "5", "act": "tanh"})  # strings coerced
     assert isinstance(model, TorchModel) and model.dim == 784 * 5 + 5 + 5 * 10 + 10
-    assert isinstance(model.module[2], nn.Tanh) and model._path(torch.device("cpu")) == "vmap"  # Tanh: no chain
+    assert isinstance(model.module[2], nn.Tanh) and model._path(torch.device("cpu")) == "chain"  # Tanh is a chain layer
     assert build_model(f"{user_module}:Tiny", SHAPE, 10, {"extra": [1, 2]}).dim == 784 * 8 + 8 + 90  # passed as is
     entry = MODELS[f"{user_module}:Tiny"]
     typed = [(o.name, o.type, o.default) for o in entry.options]
@@ -243,9 +243,9 @@ def test_auto_picks_chain_for_mlps_and_loop_for_convolutions_on_cpu():
     assert build_model("lenet5", SHAPE, 10)._path(torch.device("cuda")) == "vmap"
 
 
-def test_chain_path_with_dropout_and_without_bias_matches_vmap():
+def test_chain_path_with_dropout_tanh_and_without_bias_matches_vmap():
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 7, bias=False), nn.ReLU(), nn.Dropout(0.3), nn.Dropout(0.0),
-                        nn.Linear(7, 5), nn.ReLU(), nn.Identity(), nn.Linear(5, 3))
+                        nn.Linear(7, 5), nn.Tanh(), nn.Identity(), nn.Linear(5, 3))
     chain, vmapped = TorchModel(net, 3, batching="chain"), TorchModel(net, 3, batching="vmap")
     assert chain.stochastic
     for shared in (False, True):

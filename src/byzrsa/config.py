@@ -46,7 +46,7 @@ MASTER_ORDERS = ("jacobi", "gauss-seidel")
 # The fields naming a component, each with the field holding its options.
 COMPONENTS = {
     "method": "method_options", "attack": "attack_options", "model": "model_options",
-    "topology": "topology_options",
+    "topology": "topology_options", "vr": "vr_options",
 }
 
 
@@ -68,6 +68,9 @@ class RunConfig:
     master_order: str = "jacobi"
     mu: float = 0.01
     momentum: float = 0.0
+    # worker-side variance reduction ("none", "saga", "lsvrg"; byzrsa.estimators); its options beside it
+    vr: str = "none"
+    vr_options: dict[str, Any] = field(default_factory=dict)
     # number of outliers the rule and pre-aggregators are told (None: the number of Byzantine workers)
     agg_f: int | None = None
     pre: tuple[str, ...] = ()
@@ -269,7 +272,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
             pre_options[pre_names.index(name)][option] = value
         else:
             raise ConfigError(
-                f"unknown config key {key!r}: options are method.OPTION, attack.OPTION, model.OPTION, topology.OPTION or pre.NAME.OPTION"
+                f"unknown config key {key!r}: options are method.OPTION, attack.OPTION, model.OPTION, topology.OPTION, vr.OPTION or pre.NAME.OPTION"
             )
     if pre_names:
         values["pre_options"] = tuple(pre_options)
@@ -339,7 +342,7 @@ def check_settings(c: RunConfig) -> None:
             _check(abs(value) < _INT_LIMIT, f"{f.name} = {value} is out of range: it must be below 2**63")
     # A component's whole-number options too (their own checks run where the component is built).
     owned = [(f"method {c.method}", c.method_options), (f"attack {c.attack}", c.attack_options),
-             (f"model {c.model}", c.model_options), (f"topology {c.topology}", c.topology_options), *((f"pre {n}", o) for n, o in zip(c.pre, c.pre_options))]
+             (f"model {c.model}", c.model_options), (f"topology {c.topology}", c.topology_options), (f"vr {c.vr}", c.vr_options), *((f"pre {n}", o) for n, o in zip(c.pre, c.pre_options))]
     for owner, options in owned:
         for name, value in options.items():
             if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):

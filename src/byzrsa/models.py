@@ -219,6 +219,33 @@ class SoftmaxRegression:
     def logits(self, w: Tensor, x: Tensor) -> Tensor:
         return x @ w.view(self.num_classes, -1).T
 
+    # Per-sample gradients, for variance reduction (byzrsa.estimators): sample j's gradient is
+    # r_j (outer) x_j with r_j = softmax(W x_j) - onehot(y_j), so a table keeps r_j, C numbers.
+    def sample_residuals(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Each sample's residual ``softmax(W x_j) - onehot(y_j)``, ``(m, b, C)``, for ``w (m, dim)``, ``x (m, b, n + 1)``.
+
+        The same operations as the minibatch gradient's residual with b = 1 (the
+        log-sum-exp shift and the floor on the probabilities), without the 1/b.
+        """
+        m, b, n1 = x.shape
+        logits = torch.bmm(w.view(m, self.num_classes, n1), x.transpose(1, 2))  # (m, C, b)
+        z = logits - logits.amax(dim=1, keepdim=True)
+        z.clamp_min_(math.log(torch.finfo(z.dtype).tiny * self.num_classes) + 1.0)
+        e = z.exp_()
+        residual = e.div_(e.sum(dim=1, keepdim=True))
+        target = y.unsqueeze(1)
+        residual.scatter_add_(1, target, residual.new_full((1, 1, 1), -1.0).expand(target.shape))
+        return residual.transpose(1, 2)
+
+    def combine(self, x: Tensor, coefficients: Tensor) -> Tensor:
+        """``sum_j c_j (outer) x_j`` per row, ``(m, dim)``, for ``x (m, b, n + 1)`` and residual-like ``c (m, b, C)``."""
+        return torch.bmm(coefficients.transpose(1, 2), x).reshape(x.shape[0], self.dim)
+
+    def sample_grads(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Each sample's gradient ``(m, b, dim)``: its residual times its features."""
+        r = self.sample_residuals(w, x, y)
+        return (r.unsqueeze(3) * x.unsqueeze(2)).reshape(*r.shape[:2], self.dim)
+
 
 
 # --------------------------------------------------------------------------- registered models
@@ -231,9 +258,11 @@ def _built(factory: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.M
         return factory(*args, **kwargs)
 
 
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 64, batching: str = "auto") -> TorchModel:
-    """A one-hidden-layer ReLU perceptron (:func:`byzrsa.nets.mlp_net`) as a :class:`TorchModel`."""
-    return TorchModel(_built(mlp_net, input_shape, num_classes, hidden), num_classes, batching=batching)
+def mlp(
+    input_shape: tuple[int, ...], num_classes: int, hidden: int = 64, batching: str = "auto", activation: str = "relu"
+) -> TorchModel:
+    """A one-hidden-layer perceptron, ReLU or tanh (:func:`byzrsa.nets.mlp_net`), as a :class:`TorchModel`."""
+    return TorchModel(_built(mlp_net, input_shape, num_classes, hidden, activation), num_classes, batching=batching)
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int, batching: str = "auto") -> TorchModel:
@@ -377,8 +406,9 @@ MODELS.register(ModelEntry(
     "softmax", softmax_regression, "softmax regression", "multinomial logistic regression with a bias (the paper's)",
 ))
 MODELS.register(ModelEntry(
-    "mlp", mlp, "MLP", "one hidden ReLU layer",
-    options=(Option("hidden", int, 64, "hidden units", at_least(1), aliases=("--hidden",)), _BATCHING_OPTION),
+    "mlp", mlp, "MLP", "one hidden ReLU (or tanh) layer",
+    options=(Option("hidden", int, 64, "hidden units", at_least(1), aliases=("--hidden",)), _BATCHING_OPTION,
+             Option("activation", str, "relu", "hidden activation: relu or tanh", one_of("relu", "tanh"))),
 ))
 MODELS.register(ModelEntry(
     "cnn", cnn, "CNN", "the PyTorch MNIST example CNN of the bucketing paper (2 conv, dropout), images only",

@@ -9,7 +9,7 @@ are too small for both convolutional nets and are refused).
 Networks
 --------
 ``mlp_net``
-    Flatten, ``Linear(n, hidden)``, ReLU, ``Linear(hidden, C)``.
+    Flatten, ``Linear(n, hidden)``, ReLU (or tanh), ``Linear(hidden, C)``.
 ``cnn_net``
     The PyTorch MNIST example network (``pytorch/examples``, ``mnist/main.py``),
     the CNN of the bucketing paper's experiments (Karimireddy, He, Jaggi,
@@ -68,11 +68,10 @@ def image_shape(input_shape: tuple[int, ...], model: str, minimum: int) -> tuple
     return shape  # type: ignore[return-value]
 
 
-def mlp_net(input_shape: tuple[int, ...], num_classes: int, hidden: int = 64) -> nn.Sequential:
-    """One hidden ReLU layer of ``hidden`` units on the flattened input."""
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
-    )
+def mlp_net(input_shape: tuple[int, ...], num_classes: int, hidden: int = 64, activation: str = "relu") -> nn.Sequential:
+    """One hidden layer of ``hidden`` units on the flattened input, ReLU or tanh (Byrd-SAGA's 784-50-10 MLP)."""
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]()
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), act, nn.Linear(hidden, num_classes))
 
 
 def cnn_net(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:

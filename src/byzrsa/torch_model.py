@@ -131,6 +131,8 @@ def _chain(module: nn.Module, names: list[str], offsets: dict[str, int]) -> list
             seen_linear = True
         elif type(layer) is nn.ReLU:
             layers.append("relu")
+        elif type(layer) is nn.Tanh:
+            layers.append("tanh")
         elif type(layer) is nn.Dropout:
             if layer.p > 0:  # p = 0 draws no mask (as in TorchModel's hook): nothing to do
                 layers.append("dropout")
@@ -156,7 +158,7 @@ class TorchModel:
     * ``"loop"``: one autograd forward/backward per worker (for convolutions on
       CPU, where vmap turns m convolutions into a grouped one that oneDNN runs
       ~1.7x slower than m plain ones);
-    * ``"chain"``: for a ``Sequential`` of Flatten/Linear/ReLU/Dropout, a
+    * ``"chain"``: for a ``Sequential`` of Flatten/Linear/ReLU/Tanh/Dropout, a
       hand-written batched forward and backward with ``bmm`` (no autograd),
       writing each worker's gradient straight into its row;
     * ``"auto"`` (default): chain where it applies, else loop for modules with
@@ -378,6 +380,9 @@ class TorchModel:
             elif item == "relu":
                 h = h.clamp_min(0.0)
                 saved.append(h)
+            elif item == "tanh":
+                h = h.tanh()
+                saved.append(h)
             elif item == "dropout":
                 mask = next(drop, None)
                 if mask is not None:
@@ -409,6 +414,8 @@ class TorchModel:
                     delta = torch.bmm(delta, w[:, item.weight : item.weight + size].view(m, item.out, item.inp))
             elif item == "relu":
                 delta = delta.masked_fill(inp <= 0, 0.0)
+            elif item == "tanh":  # d tanh = 1 - tanh^2, from the saved output
+                delta = delta * (1.0 - inp * inp)
             elif item == "dropout" and inp is not None:
                 delta = delta * inp
         return loss, grads
@@ -457,5 +464,23 @@ class TorchModel:
     def logits(self, w: Tensor, x: Tensor) -> Tensor:
         self._use(w.dtype, w.device, training=False)
         return functional_call(self.module, self._unflatten(w), (x,))
+
+    def sample_grads(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Each sample's gradient ``(m, b, dim)`` (for SAGA's table, :mod:`byzrsa.estimators`), by ``vmap(grad)``.
+
+        Models without dropout only: a per-sample gradient of a stochastic model is random.
+        """
+        if self.stochastic:
+            raise ConfigError("per-sample gradients of a model with dropout are random: use a model without dropout")
+        self._use(w.dtype, w.device, training=True)
+        m, b = y.shape
+
+        def one(flat: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+            return self._loss(flat, xs.unsqueeze(0), ys.unsqueeze(0), [])
+
+        per_sample = vmap(torch.func.grad(one), in_dims=(None, 0, 0))
+        if w.stride(0) == 0:  # a shared model: every sample of every row at that one point
+            return per_sample(w[0], x.reshape(m * b, *x.shape[2:]), y.reshape(m * b)).view(m, b, self.dim)
+        return vmap(per_sample)(w, x, y)
 
 

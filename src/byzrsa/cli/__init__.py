@@ -31,6 +31,7 @@ HELP: dict[str, str] = {
     "master_order": "RSA master uses x_i^k (jacobi, eq. 8 of the paper) or x_i^{k+1} (gauss-seidel, the authors' code)",
     "mu": "weight of f0(x) = mu/2 ||x||^2",
     "momentum": "worker momentum beta of the gradient methods: workers send m = beta m + (1 - beta) g (0: off)",
+    "vr": "worker-side variance reduction of every method's gradient (docs/variance-reduction.md)",
     "agg_f": "number of outliers the rule and pre-aggregators are told (default: --byzantine)",
     "pre": "pre-aggregators applied before the rule, in order, comma-separated",
     "attack": "what the Byzantine workers do",

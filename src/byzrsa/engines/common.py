@@ -28,6 +28,7 @@ from byzrsa.config import RunConfig, check_settings
 from byzrsa.data import SCHEMES, SOURCES, Dataset, load_dataset, partition
 from byzrsa.data.validation import validation_split
 from byzrsa.errors import ConfigError
+from byzrsa.estimators import ESTIMATORS, check_estimator, table_bytes
 from byzrsa.methods import Method, aggregation_step, get_method, rsa_master_step
 from byzrsa.models import MODELS, Model, build_model, evaluate
 from byzrsa.penalties import parse_norm
@@ -275,9 +276,10 @@ def _resolve(c: RunConfig) -> tuple[RunConfig, Method, Rule | None, tuple[tuple[
     _check_dtype_range(c, attack_options)
     model = MODELS.get(c.model)
     model_options = model.resolve(c.model_options, "model") if model is not None else dict(c.model_options)
+    vr_options = ESTIMATORS[c.vr].resolve(c.vr_options, "estimator")
     resolved = dataclasses.replace(
         c, method_options=rule_options, attack_options=attack_options, model_options=model_options,
-        pre_options=tuple(o for _, o in chain),
+        pre_options=tuple(o for _, o in chain), vr_options=vr_options,
     )
     return resolved, method, rule, chain
 
@@ -304,17 +306,26 @@ def _available_bytes() -> int | None:
     return None
 
 
-def _check_memory(config: RunConfig, dataset: Dataset, dim: int | None) -> None:
-    """Refuse, with the estimate, a run whose data, (m, d) state and minibatches cannot fit in memory."""
+def _check_memory(config: RunConfig, dataset: Dataset, dim: int | None, model: Model | None = None) -> None:
+    """Refuse, with the estimate, a run whose data, (m, d) state, minibatches (and --vr table) cannot fit in memory."""
     item = run_dtype(config).itemsize
     sample = math.prod(dataset.train_x.shape[1:])
     data = 2 * (dataset.train_x.numel() + dataset.test_x.numel()) * item  # as loaded and featurised
     state = 4 * (config.workers + 1) * (dim or 0) * item  # iterates, gradients, penalty, messages
     batches = config.workers * config.batch_size * (sample * item + BATCH_BLOCK * 8)
-    need = data + state + batches
+    # every worker's estimator state (an upper bound: as if every worker computed)
+    vr = table_bytes(config.vr, model, dataset.train_x.shape[0], config.workers, item) if model is not None else 0
+    need = data + state + batches + vr
     available = _available_bytes()
+    gib = lambda n: n / 2**30  # noqa: E731
+    if available is not None and vr and ESTIMATORS[config.vr].table and need > available:
+        raise ConfigError(
+            f"--vr {config.vr} needs about {gib(vr):.1f} GiB for its state ({dataset.train_x.shape[0]} samples x "
+            f"{model.num_classes if hasattr(model, 'sample_residuals') else model.dim} numbers, {item} bytes each) "
+            f"besides the run's {gib(need - vr):.1f} GiB, but {gib(available):.1f} GiB are available: use --vr lsvrg "
+            f"(two vectors per worker) or a smaller model"
+        )
     if available is not None and need > available:
-        gib = lambda n: n / 2**30  # noqa: E731
         raise ConfigError(
             f"this run needs about {gib(need):.1f} GiB (data {gib(data):.1f}, (m, d) state {gib(state):.1f}, "
             f"minibatches {gib(batches):.1f}) but {gib(available):.1f} GiB are available: reduce workers, "
@@ -335,6 +346,7 @@ def build_parts(config: RunConfig, input_shape: tuple[int, ...], num_classes: in
         if "alloc" not in str(exc).lower() and not isinstance(exc, MemoryError):
             raise
         raise ConfigError(f"model {c.model!r} with {c.model_options} does not fit in memory: reduce its size") from None
+    check_estimator(c.vr, model)
     attack = get_attack(c.attack)
     return Parts(c, method, model, parse_norm(c.norm), attack, c.attack_options, rule, c.method_options, chain)
 
@@ -366,6 +378,11 @@ class Problem:
     def sampler(self, worker: int) -> BatchSampler:
         gen = derive_generator(self.config.seed, "batches", worker)
         return BatchSampler(self.shards[worker], self.config.batch_size, gen)
+
+    def local_samples(self, worker: int) -> tuple[Tensor, Tensor]:
+        """Worker ``worker``'s whole shard: featurised samples ``(J, ...)`` and the labels it trains on (--vr)."""
+        index = self.shards[worker].to(self.device)
+        return self.train_x.index_select(0, index), self.labels(worker, self.train_y.index_select(0, index))
 
     def attack_generators(self) -> list[torch.Generator]:
         c = self.config
@@ -435,7 +452,7 @@ def build_problem(config: RunConfig, dataset: Dataset | None = None) -> Problem:
         )
     _check_memory(config, dataset, None)  # before the model: the minibatches alone may not fit
     parts = build_parts(config, tuple(dataset.train_x.shape[1:]), dataset.num_classes)
-    _check_memory(config, dataset, parts.model.dim)
+    _check_memory(config, dataset, parts.model.dim, parts.model)
     if config.validation:  # tuning: the test set is replaced by samples held out of the training set
         dataset = validation_split(dataset, config.validation)
     groups = dataset.train_groups.numpy() if dataset.train_groups is not None else None

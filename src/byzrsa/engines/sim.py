@@ -1,15 +1,28 @@
 """The vectorised simulator: every worker's model is a row of one ``(m, d)`` tensor.
 
-One iteration is a handful of batched tensor operations, whatever m is: the
-regular workers' minibatches are gathered into one ``(r, b, features)`` tensor,
-their gradients come from one batched call of the model, and the RSA penalty or
-the aggregation rule runs on the stacked messages. The update rules are those
-of :mod:`byzrsa.methods`, the same functions the distributed engine calls.
+One iteration runs over the workers a block of rows at a time
+(:func:`step_block_rows`, sized so that a block's minibatch, rows, gradients
+and penalties fit the cache: :mod:`byzrsa.engines.blocking`). For each block
+the minibatch is gathered, the gradients come from one batched call of the
+model, and, for RSA, the penalty subgradient, the worker update and the block's
+share of the master's pull follow while the block is still in cache; the
+baselines' messages are written into one reused ``(m, d)`` buffer that the
+aggregation rule then reads whole. No ``(m, d)`` temporary is made. The update
+rules are those of :mod:`byzrsa.methods`, the same functions the distributed
+engine calls.
+
+Reduction order: RSA's master pull is summed within each block (torch's sum
+over the block's rows) and the block sums are added in block order, then the
+Byzantine messages' sum is added (:func:`~byzrsa.methods.rsa_master_step`). For
+l1 every term is an integer, so the result is exact and the same bits for any
+blocking; for the other norms the last bits depend on the block size (as they
+do on the thread count), and the tests hold them to 1e-12 of the unblocked sum.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +32,7 @@ import torch
 from torch import Tensor
 
 from byzrsa.engines.checkpoint_io import load_simulator, save_simulator
+from byzrsa.engines.blocking import block_rows, row_blocks
 from byzrsa.engines.common import Problem
 from byzrsa.engines.cpu import default_threads, reuse_freed_memory, subnormals_flushed
 from byzrsa.methods import (
@@ -31,7 +45,19 @@ from byzrsa.methods import (
 )
 from byzrsa.penalties import subgradient_of_difference
 
-__all__ = ["Simulator", "simulate"]
+__all__ = ["Simulator", "simulate", "step_block_rows"]
+
+
+def step_block_rows(problem: Problem, budget: int | None = None) -> int:
+    """Workers per block of :meth:`Simulator.step`: the rows whose state and minibatch fit the block budget.
+
+    Per worker a block holds its minibatch (``b`` samples), its model row, its
+    gradient and its penalty subgradient (:func:`byzrsa.engines.blocking.block_rows`
+    gives the count; ``budget`` as there: None reads ``BYZRSA_BLOCK_BYTES`` or the cache).
+    """
+    c = problem.config
+    sample = math.prod(problem.train_x.shape[1:])
+    return block_rows(problem.dtype.itemsize * (3 * problem.model.dim + c.batch_size * sample), budget)
 
 
 class Simulator:
@@ -61,17 +87,29 @@ class Simulator:
         # (n, active, b), on the device: one stack (and one host-to-device copy) per block.
         self._indices = torch.empty(0, self.active, c.batch_size, dtype=torch.long)
         self._row = 0
+        self._rows = step_block_rows(problem)  # workers per block of the step
+        self._messages: Tensor | None = None  # the baselines' (m, d) message buffer, reused every step
 
-    def _minibatch(self) -> tuple[Tensor, Tensor]:
+    def _next_indices(self) -> Tensor:
+        """This iteration's minibatch indices ``(active, b)``; the samplers move ``BATCH_BLOCK`` iterations at a time."""
         if self._row == self._indices.shape[0]:
             blocks = [s.next_block() for s in self.samplers]  # the samplers move in lockstep
             self._indices, self._row = torch.stack(blocks, dim=1).to(self.problem.device), 0
         self._row += 1
-        x, y = self.problem.gather(self._indices[self._row - 1])
-        if self.active > self.problem.config.regular and self.problem.attack.label_map is not None:
-            r = self.problem.config.regular
-            y = torch.cat([y[:r], self.problem.labels(r, y[r:])])
+        return self._indices[self._row - 1]
+
+    def _batch(self, indices: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
+        """The minibatch of the worker ``rows``: gathered per block, so no ``(m, b, ...)`` copy exists."""
+        pb, r = self.problem, self.problem.config.regular
+        x, y = pb.gather(indices[rows])
+        if rows.stop > r and pb.attack.label_map is not None:  # the Byzantine rows train on poisoned labels
+            cut = max(0, r - rows.start)
+            y = torch.cat([y[:cut], pb.labels(r, y[cut:])])
         return x, y
+
+    def _gradients(self, rows: slice, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """The gradients of the worker ``rows`` at ``w (rows, d)`` on their minibatch ``x, y``."""
+        return self.problem.model.grad(w, x, y, self.dropout[rows] if self.dropout else None)
 
     def _byzantine_messages(self, regular: Tensor, own: Tensor, x0: Tensor) -> Tensor:
         c, pb = self.problem.config, self.problem
@@ -86,34 +124,79 @@ class Simulator:
         return pb.attack(regular, own, ctx, **pb.attack_options)
 
     def step(self) -> None:
-        """Advance one iteration (k -> k + 1)."""
+        """Advance one iteration (k -> k + 1), a block of worker rows at a time (see the module docstring)."""
         pb, c = self.problem, self.problem.config
         self.k += 1
         alpha = step_size(c.lr, self.k, c.lr_schedule)
-        x, y = self._minibatch()
-        r = c.regular
+        indices = self._next_indices()
         if pb.is_rsa:
-            current = self.workers[: self.active]  # stepped in place below
-            grad = pb.model.grad(current, x, y, self.dropout)
-            penalty = subgradient_of_difference(current, self.x0, pb.p)  # each worker's pull towards x0
-            step = dict(lam=c.lam, p=pb.p, alpha=alpha)
-            if c.master_order == "jacobi":
-                # The master reads x_i^k, so the Byzantine messages are made before the workers
-                # step; its pull towards the regular x_i^k is minus theirs (see rsa_master_step).
-                lies = self._byzantine_messages(current[:r], current[r:], self.x0)
-                x0 = rsa_master_step(self.x0, lies, mu=c.mu, pull=-penalty[:r].sum(dim=0), **step)
-                rsa_worker_step(current, self.x0, grad, m=c.workers, penalty=penalty, out=current, **step)
-            else:
-                rsa_worker_step(current, self.x0, grad, m=c.workers, penalty=penalty, out=current, **step)
-                messages = torch.cat([current[:r], self._byzantine_messages(current[:r], current[r:], self.x0)])
-                x0 = rsa_master_step(self.x0, messages, mu=c.mu, **step)
-            self.x0 = x0
+            self._rsa_step(indices, alpha)
         else:
-            grad = baseline_message(pb.model.grad(self.x0.expand(self.active, -1), x, y, self.dropout), self.x0, c.mu)
-            grad = self.momenta = momentum_step(self.momenta, grad, c.momentum)
-            lies = self._byzantine_messages(grad[:r], grad[r:], self.x0)
-            messages = torch.cat([grad[:r], lies]) if lies.shape[0] else grad[:r]
-            self.x0 = aggregation_step(self.x0, messages, lambda m: pb.aggregate(m, self.aggregator), alpha=alpha)
+            self._baseline_step(indices, alpha)
+
+    def _rsa_step(self, indices: Tensor, alpha: float) -> None:
+        pb, c, r = self.problem, self.problem.config, self.problem.config.regular
+        x0, current = self.x0, self.workers[: self.active]  # the rows are stepped in place
+        step = dict(lam=c.lam, p=pb.p, alpha=alpha)
+        jacobi = c.master_order == "jacobi"
+        lies = None
+        if jacobi:  # the master reads x_i^k: the Byzantine messages are made before the workers step
+            lies = self._byzantine_messages(current[:r], current[r:], x0)
+            if lies.numel() and lies.untyped_storage().data_ptr() == current.untyped_storage().data_ptr():
+                lies = lies.clone()  # a copy attack's view of rows that are about to change
+        pull = torch.zeros_like(x0)  # the master's sum of subgradients over the regular messages
+        for rows in row_blocks(self.active, self._rows):
+            block, regular = current[rows], max(0, min(r, rows.stop) - rows.start)
+            x, y = self._batch(indices, rows)
+            # ---- the single place where a block of workers gets its gradient (or --vr estimate)
+            grad = self._gradients(rows, block, x, y)
+            penalty = subgradient_of_difference(block, x0, pb.p)  # each worker's pull towards x0
+            if jacobi and regular:
+                # minus the workers' own subgradients: subgradients are odd (see rsa_master_step)
+                pull.sub_(penalty[:regular].sum(dim=0))
+            rsa_worker_step(block, x0, grad, m=c.workers, penalty=penalty, out=block, **step)
+            if not jacobi and regular:  # gauss-seidel: the master reads x_i^{k+1}, in cache now
+                pull.add_(subgradient_of_difference(x0, block[:regular], pb.p).sum(dim=0))
+        if lies is None:
+            lies = self._byzantine_messages(current[:r], current[r:], x0)
+        self.x0 = rsa_master_step(x0, lies, mu=c.mu, pull=pull, **step)
+
+    def _baseline_step(self, indices: Tensor, alpha: float) -> None:
+        pb, c, r = self.problem, self.problem.config, self.problem.config.regular
+        x0, beta, d = self.x0, c.momentum, self.x0.shape[0]
+        shared = x0.expand(self.active, -1)
+        # What the server receives: rows 0..active-1 the computing workers' messages, rows r..m-1
+        # then overwritten by the Byzantine ones; one buffer for every step (with momentum the
+        # momenta are the messages, kept as state).
+        if beta and self.momenta is None:
+            first, self.momenta = True, torch.empty(self.active, d, dtype=x0.dtype, device=x0.device)
+        else:
+            first = False
+        if not beta and self._messages is None:
+            rows = c.workers if pb.attacked else self.active
+            self._messages = torch.empty(rows, d, dtype=x0.dtype, device=x0.device)
+        sent = self.momenta if beta else self._messages
+        for rows in row_blocks(self.active, self._rows):
+            x, y = self._batch(indices, rows)
+            # ---- the single place where a block of workers gets its gradient (or --vr estimate)
+            grad = baseline_message(self._gradients(rows, shared[rows], x, y), x0, c.mu)
+            if not beta:
+                sent[rows] = grad
+            elif first:  # m^0 = 0: the first momentum is (1 - beta) g, as momentum_step(None, ...) makes it
+                sent[rows] = momentum_step(None, grad, beta)
+            else:
+                momentum_step(sent[rows], grad, beta)
+        messages = sent[:r]
+        if pb.attacked:
+            lies = self._byzantine_messages(sent[:r], sent[r : self.active], x0)
+            if beta:
+                messages = torch.cat([messages, lies])
+            else:
+                if lies.untyped_storage().data_ptr() == sent.untyped_storage().data_ptr():
+                    lies = lies.clone()  # a view of rows it is about to be written over
+                sent[r:] = lies
+                messages = sent
+        self.x0 = aggregation_step(x0, messages, lambda m: pb.aggregate(m, self.aggregator), alpha=alpha)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the rest of the trajectory depends on (see :func:`simulate`'s checkpoints)."""

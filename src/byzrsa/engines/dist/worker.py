@@ -34,6 +34,7 @@ from byzrsa.engines.dist.transport import (
     shard_fingerprint,
 )
 from byzrsa.errors import ConfigError
+from byzrsa.estimators import LocalData, estimate, init_state
 from byzrsa.methods import (
     baseline_message,
     momentum_step,
@@ -135,6 +136,11 @@ class Worker:
         self.attack_context = self.parts.attack_context([self.attack_gen] if self.attack_gen else [], state={})
         start = self.model.init(derive_generator(c.seed, "init"), self.dtype).to(device)
         self.x = start.clone() if c.method == "rsa" and self.computes else None
+        # --vr: this worker's row of the estimator state, as the simulator's row `index` (byzrsa.estimators)
+        self.vr_data = LocalData(self.model, [torch.arange(len(spec.y))] if self.computes else [],
+                                 lambda _row: (self.x_shard, self.y_shard))
+        self.vr = (init_state(c.vr, c.vr_options, self.vr_data, start, [derive_generator(c.seed, "vr", self.index)])
+                   if self.computes else None)
         self.compute_seconds = 0.0  # wall clock
         self.compute_cpu = 0.0  # CPU time of this thread (what an oversubscribed machine cannot hide)
         self.steps = 0
@@ -147,6 +153,7 @@ class Worker:
             "momentum": self.momentum.cpu() if self.momentum is not None else None,
             "dropout": [g.get_state() for g in self.dropout] if self.dropout else None,
             "attack": self.attack_gen.get_state() if self.attack_gen is not None else None,
+            "vr": self.vr.state_dict() if self.vr is not None else None,
         }
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -165,12 +172,16 @@ class Worker:
             self.sampler.load_state_dict(state["sampler"])
         if state["attack"] is not None and self.attack_gen is not None:
             self.attack_gen.set_state(state["attack"])
+        if state.get("vr") is not None and self.vr is not None:
+            self.vr.load_state_dict(state["vr"])
 
     # compute -----------------------------------------------------------------------------------
     def _grad(self, w: Tensor) -> Tensor:
         idx = self.sampler.next().to(self.device)
         xb = self.x_shard.index_select(0, idx).unsqueeze(0)
         yb = self.y_shard.index_select(0, idx).unsqueeze(0)
+        if self.vr is not None:
+            return estimate(self.vr, self.vr_data, slice(0, 1), w.unsqueeze(0), xb, yb, idx.unsqueeze(0))[0]
         return self.model.grad(w.unsqueeze(0), xb, yb, self.dropout)[0]
 
     @property
