@@ -397,3 +397,14 @@ def test_cli_topology_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys,
     assert len(err.splitlines()) == 1 and err.startswith("byzrsa: error: ")
     assert re.search(match, err)
     assert not (tmp_path / "pics").exists()
+
+
+def test_cli_topology_help_lists_every_topology_and_option(capsys):
+    from byzrsa.cli import main
+
+    assert main(["topology", "--help"]) == 0
+    text = capsys.readouterr().out
+    for name, entry in TOPOLOGIES.items():
+        assert f"  {name}: " in text
+        for opt in entry.options:
+            assert f"{opt.name} = " in text

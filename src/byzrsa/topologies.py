@@ -54,6 +54,7 @@ __all__ = [
     "TopologyEntry",
     "TOPOLOGIES",
     "WEIGHTINGS",
+    "SHARED_OPTIONS",
     "build_topology",
     "check_neighbourhoods",
     "draw_topology",

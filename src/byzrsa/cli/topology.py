@@ -66,13 +66,15 @@ def _cmd_topology(args: argparse.Namespace) -> int:
 
 
 def _describe() -> str:
-    from byzrsa.topologies import TOPOLOGIES
+    from byzrsa.topologies import SHARED_OPTIONS, TOPOLOGIES
 
+    shared = {opt.name for opt in SHARED_OPTIONS}
     lines = ["topologies and their options (--set topology.OPTION=VALUE):"]
     for entry in TOPOLOGIES.values():
         lines.append(f"  {entry.name}: {entry.help}")
-        for opt in entry.options:
-            lines.append(f"      {opt.name} = {opt.default!r}: {opt.help}")
+        lines.extend(f"      {o.name} = {o.default!r}: {o.help}" for o in entry.options if o.name not in shared)
+    lines.append("every topology also takes:")
+    lines.extend(f"      {o.name} = {o.default!r}: {o.help}" for o in SHARED_OPTIONS)
     return "\n".join(lines)
 
 
