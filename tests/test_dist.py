@@ -216,8 +216,13 @@ def test_malformed_messages_are_byzantine_not_a_crash(monkeypatch):
     assert summary["dead_workers"] == [] and math.isfinite(summary["final_train_loss"])
 
 
-def test_worker_with_another_config_is_refused(monkeypatch):
+def test_worker_with_another_config_is_dropped_as_byzantine(monkeypatch):
     monkeypatch.setenv(engine.FAULTS_ENV, "2:0:config")
+    summary = run(config(method="rsa", engine="dist"), None)
+    assert [(d["worker"], d["iteration"]) for d in summary["dead_workers"]] == [(2, 0)]
+    assert "different config: seed=6 (master: 5)" in summary["dead_workers"][0]["reason"]
+    assert summary["iterations"] == ITERATIONS and math.isfinite(summary["final_train_loss"])
+    monkeypatch.setenv(engine.FAULTS_ENV, "0:0:config,1:0:config,2:0:config")  # no regular worker left to train
     with pytest.raises(ByzrsaError, match=r"worker 2 \(rank 3\): different config: seed=6 \(master: 5\)"):
         run(config(method="rsa", engine="dist"), None)
 

@@ -372,3 +372,61 @@ def test_an_attack_state_that_is_not_plain_data_fails_the_run_in_one_line(tmp_pa
         sys.modules.pop("numpy_state_attack", None)
     assert run_state(tmp_path / "r") == "failed"
     assert not list((tmp_path / "r").glob(".checkpoint.pt.tmp*"))
+
+
+# ------------------------------------------------------------------ the dist master and its workers
+
+
+def test_no_frame_a_worker_sends_crashes_the_dist_master(tmp_path):
+    """Byzantine frames: too large for the master's buffer (gloo used to abort it), of the wrong kind, of another
+    model's size, of another dtype, short; and a greeting with another config. Each is dropped and logged."""
+    out = tmp_path / "r"
+    env = {**os.environ, "BYZRSA_DIST_FAULTS": "3:0:config,1:4:oversize,2:5:kind,0:6:foreign,1:7:dtype,2:8:size"}
+    proc = subprocess.run([sys.executable, "-m", "byzrsa.cli", "run", "--engine", "dist", "--dataset", "digits",
+                           "--workers", "4", "--byzantine", "1", "--attack", "same-value", "--iterations", "20",
+                           "--eval-every", "10", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert run_state(out) == "completed" and not (out / MARKER).exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(d["worker"], d["iteration"]) for d in summary["dead_workers"]] == [(3, 0)]
+    assert "different config" in summary["dead_workers"][0]["reason"]
+    bad = summary["malformed_messages"]
+    assert bad["1"]["count"] == 2 and "more than the" in bad["1"]["first"] and "iteration 4" in bad["1"]["first"]
+    assert bad["2"]["count"] == 2 and "expected MSG of iteration 5, got LOCAL" in bad["2"]["first"]
+    assert bad["0"]["count"] == 1 and "entries, expected" in bad["0"]["first"]
+    assert "treated as Byzantine" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_frame_check_uses_the_receivers_knowledge():
+    from byzrsa.engines.dist.transport import Kind, decode, encode
+    from byzrsa.engines.dist.wire import check_frame
+
+    frame = decode(encode(Kind.MSG, 3, torch.zeros(5, dtype=torch.float64)))
+    assert check_frame(frame, kind=Kind.MSG, iteration=3, dtype=torch.float64, numel=5, rows=1) is None
+    assert "iteration 4" in check_frame(frame, kind=Kind.MSG, iteration=4)
+    assert "got MSG" in check_frame(frame, kind=Kind.LOCAL, iteration=3)
+    assert "dtype" in check_frame(frame, kind=Kind.MSG, iteration=3, dtype=torch.float32)
+    assert "5 entries, expected 6" in check_frame(frame, kind=Kind.MSG, iteration=3, numel=6)
+
+
+def test_socket_link_drops_oversized_frames_and_stays_in_step():
+    import socket as socket_
+
+    from byzrsa.engines.dist.transport import Kind, Malformed, PeerLost, encode
+    from byzrsa.engines.dist.wire import SocketLink
+
+    a, b = socket_.socketpair()
+    receiver = SocketLink(a, capacity=64 + 8 * 10, peer_capacity=0)
+    sender = SocketLink(b, capacity=64, peer_capacity=1 << 30)
+    deadline = time.monotonic() + 5
+    sender.send(encode(Kind.MSG, 1, torch.zeros(1000, dtype=torch.float64)))  # 8000 bytes into an 80-byte buffer
+    sender.send(encode(Kind.MSG, 2, torch.arange(10, dtype=torch.float64)))
+    with pytest.raises(Malformed, match="more than the 80 accepted"):
+        receiver.receive(deadline)
+    frame = receiver.receive(deadline)
+    assert frame.iteration == 2 and torch.equal(frame.tensor(), torch.arange(10, dtype=torch.float64))
+    b.sendall(b"\x00" * 64)  # not a byzrsa header: where the next frame starts is unknown
+    with pytest.raises(PeerLost, match="not a byzrsa frame"):
+        receiver.receive(deadline)
+    b.close()

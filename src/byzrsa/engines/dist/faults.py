@@ -1,7 +1,10 @@
 """Fault injection for tests: an explicit plan of which process misbehaves when, passed into the engine.
 
 A plan is written ``"WORKER:ITERATION:KIND,..."``: worker WORKER misbehaves at
-ITERATION (KIND: exit, hang, size, dtype, nan, slow); ``"WORKER:0:config"``
+ITERATION (KIND: exit, hang, size, dtype, nan, slow, and frames no byzrsa
+worker sends: oversize, larger than the master's buffer and sent past the
+sender's own check; kind, a LOCAL frame where a MSG is due; foreign, the
+message of a model of another size); ``"WORKER:0:config"``
 greets with another seed; ``"WORKER:stop:hang"`` hangs at the end instead of
 leaving; ``"master:ITERATION:exit"`` kills the master at that iteration. The
 environment variable :data:`FAULTS_ENV` is read once, where a run starts
@@ -13,11 +16,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["FAULTS_ENV", "FaultPlan", "faulty"]
+__all__ = ["FAULTS_ENV", "FaultPlan", "faulty", "send_message"]
 
 FAULTS_ENV = "BYZRSA_DIST_FAULTS"
 
@@ -59,3 +63,20 @@ def faulty(message: Tensor, fault: str | None) -> Tensor:
     if fault == "nan":
         return torch.full_like(message, math.nan)
     return message
+
+
+def send_message(link: Any, k: int, message: Tensor, fault: str | None) -> None:
+    """Send the MSG of iteration k, or the faulty frame a Byzantine worker would send instead."""
+    from byzrsa.engines.dist.transport import HEADER_BYTES, Kind, encode
+
+    if fault == "oversize":  # a frame past the master's buffer, written straight to the socket
+        frame = encode(Kind.MSG, k, torch.zeros(link.peer_capacity + (1 << 20), dtype=torch.uint8))
+        link.sock.sendall(memoryview(frame.numpy()).cast("B"))
+        return
+    if fault == "kind":
+        link.send(encode(Kind.LOCAL, k, message))
+        return
+    if fault == "foreign":  # another config's model: a few more coordinates than this run's
+        link.send(encode(Kind.MSG, k, torch.cat([message, message[: min(7, (link.peer_capacity - HEADER_BYTES) // 8)]])))
+        return
+    link.send(encode(Kind.MSG, k, faulty(message, fault)))

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -36,6 +37,7 @@ from byzrsa.engines.dist.transport import (
     pg_timeout,
     shard_fingerprint,
 )
+from byzrsa.engines.dist.wire import BIND_ENV, TOKEN_ENV, token_from_env
 from byzrsa.engines.dist.worker import WorkerSpec, process_device, spec_from_problem, worker_main
 
 # ------------------------------------------------------------------------------------------- launching
@@ -150,6 +152,8 @@ class LocalLaunch:
         self.pipes: list[Any] = []
         self.tmp: str | None = None
         self.initialised = False
+        self.host = "127.0.0.1"
+        self.token = secrets.token_hex(16)  # only this launch's workers can greet its master
 
     def __enter__(self) -> LocalLaunch:
         c = self.problem.config
@@ -166,6 +170,7 @@ class LocalLaunch:
         iface = _loopback_interface()
         env = {"GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME") or iface or ""}
         env = {k: v for k, v in env.items() if v}
+        worker_env = {**env, TOKEN_ENV: self.token}
         try:
             for w in range(c.workers):
                 spec = spec_from_problem(self.problem, w, self.faults.of(w))
@@ -173,7 +178,7 @@ class LocalLaunch:
                 reader, writer = ctx.Pipe(duplex=False)
                 proc = ctx.Process(
                     target=_local_worker_process,
-                    args=(spec.to_bytes(), w + 1, world, store_path, env, reader),
+                    args=(spec.to_bytes(), w + 1, world, store_path, worker_env, reader),
                     name=f"byzrsa-worker-{w}",
                     daemon=True,
                 )
@@ -239,6 +244,10 @@ class _Attached:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.token = token_from_env()
+        one_node = os.environ.get("WORLD_SIZE") == os.environ.get("LOCAL_WORLD_SIZE")
+        # The master listens where it is told, else on the loopback interface when every process is on its node.
+        self.host = os.environ.get(BIND_ENV) or ("127.0.0.1" if one_node else os.environ.get("MASTER_ADDR", "127.0.0.1"))
 
     def kill(self, w: int) -> None:  # torchrun owns the processes
         return None
@@ -300,12 +309,13 @@ def run_local(
                 )
             fingerprints = {w: shard_fingerprint(*_shard(problem, w)) for w in range(c.workers)}
         master = Master(problem, extra, checkpoint_dir=checkpoint_dir, resume=resume, kill=session.kill, device=device,
-                        faults=faults)
+                        faults=faults, host=session.host, token=session.token)
         try:
             master.handshake(fingerprints)
             yield from master.run()
         finally:
             master._summarise()
+            master.close()
 
 
 def _shard(problem: Problem, w: int) -> tuple[Tensor | None, Tensor | None]:
@@ -326,8 +336,8 @@ def measure_floor(problem: Problem, iterations: int) -> float:
     c = problem.config.replace(method="ideal-sgd", byzantine=0, attack="none", iterations=iterations)
     floor_problem = dataclasses.replace(problem, parts=build_parts(c, tuple(problem.dataset.train_x.shape[1:]),
                                                                    problem.dataset.num_classes))
-    with LocalLaunch(floor_problem, FaultPlan(), echo=True):
-        master = Master(floor_problem, {}, checkpoint_dir=None, resume=None, device=problem.device)
+    with LocalLaunch(floor_problem, FaultPlan(), echo=True) as launch:
+        master = Master(floor_problem, {}, checkpoint_dir=None, resume=None, device=problem.device, token=launch.token)
         master.handshake()
         workers = list(range(c.workers))
         start = time.perf_counter()
@@ -341,5 +351,6 @@ def measure_floor(problem: Problem, iterations: int) -> float:
         seconds = (time.perf_counter() - start) / iterations
         master.k = iterations
         master._finish()
+        master.close()
     return seconds
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from byzrsa.engines.common import Problem
@@ -35,6 +36,7 @@ from byzrsa.engines.dist.transport import (
     pair_groups,
     sends_x0,
 )
+from byzrsa.engines.dist.wire import Unconnected, accept_links, check_frame, listen, publish, uses_sockets
 from byzrsa.engines.dist.worker import role_of
 from byzrsa.errors import ConfigError
 from byzrsa.methods import aggregation_step, rsa_master_step, step_size
@@ -57,6 +59,8 @@ class Master:
         kill: Any = None,
         device: torch.device | None = None,
         faults: FaultPlan | None = None,
+        host: str = "127.0.0.1",
+        token: str = "",
     ) -> None:
         c = self.config = problem.config
         self.problem = problem
@@ -65,11 +69,17 @@ class Master:
         self.kill = kill  # callable(worker) that ends a worker process we own, or None
         self.d = problem.model.dim
         self.comm_device = device if c.backend == "nccl" else torch.device("cpu")
-        self.links = {}
-        groups = pair_groups(c)
-        for w in range(c.workers):
-            self.links[w] = Link(w + 1, groups[w], capacity_to_master(c, self.d), capacity_to_worker(problem.parts, self.d, w),
-                                 self.comm_device, c.backend == "nccl", settle=c.timeout)
+        self.links: dict[int, Any] = {}
+        self.listener = None
+        self.token = token
+        if uses_sockets(c):  # the workers connect in handshake(); engines/dist/wire.py says why sockets
+            self.listener = listen(host)
+            publish(dist.distributed_c10d._get_default_store(), self.listener, token)
+        else:
+            groups = pair_groups(c)
+            for w in range(c.workers):
+                self.links[w] = Link(w + 1, groups[w], capacity_to_master(c, self.d),
+                                     capacity_to_worker(problem.parts, self.d, w), self.comm_device, True, settle=c.timeout)
         self.live = set(range(c.workers))
         self.dead: list[dict[str, Any]] = []
         self.malformed: dict[str, dict[str, Any]] = {}
@@ -148,8 +158,9 @@ class Master:
             except Malformed as exc:
                 self._drop(w, str(exc))
                 continue
-            if frame.kind != kind or frame.iteration != iteration:
-                self._drop(w, f"expected {kind.name} of iteration {iteration}, got {Kind(frame.kind).name} of {frame.iteration}")
+            why = check_frame(frame, kind=kind, iteration=iteration)
+            if why is not None:
+                self._drop(w, why)
                 continue
             got[w] = frame
         return got
@@ -158,10 +169,10 @@ class Master:
         """The well-formed ``(d,)`` vectors among ``frames``, copied out of the receive buffers."""
         out = {}
         for w, frame in frames.items():
-            if frame.dtype != self.problem.dtype:
-                self._drop(w, f"dtype {frame.dtype}, expected {self.problem.dtype}")
-            elif frame.numel != self.d or frame.rows != 1:
-                self._drop(w, f"{frame.numel} entries, expected {self.d}")
+            why = check_frame(frame, kind=Kind(frame.kind), iteration=frame.iteration, dtype=self.problem.dtype,
+                              numel=self.d, rows=1)
+            if why is not None:
+                self._drop(w, why)
             else:
                 out[w] = frame.tensor().to(self.problem.device)
         return out
@@ -172,6 +183,12 @@ class Master:
         c = self.config
         mine = {**config_identity(c), "model_dim": self.d}
         deadline = time.monotonic() + max(STARTUP_TIMEOUT, c.timeout)
+        if self.listener is not None:
+            self.links = accept_links(self.listener, c.workers, capacity_to_master(c, self.d),
+                                      lambda w: capacity_to_worker(self.problem.parts, self.d, w), self.token, deadline,
+                                      c.timeout)
+            for w in range(c.workers):
+                self.links.setdefault(w, Unconnected())
         frames = self._gather(list(range(c.workers)), Kind.HELLO, deadline=deadline, iteration=0)
         refused = []
         for w, frame in frames.items():
@@ -192,14 +209,15 @@ class Master:
             if expected is not None and hello.get("fingerprint") != expected:
                 refused.append((w, "its training shard differs from the master's (different dataset files or version?)"))
         refused += [(w, "no valid greeting") for w in sorted(self.live) if w not in frames]
-        if refused:
-            for w, why in refused:
-                self._send(w, encode_blob(Kind.REFUSE, 0, why.encode()))
+        # A worker whose greeting is wrong is treated as Byzantine: refused, dropped, and the run goes on
+        # without it, unless no regular worker is left to train.
+        for w, why in refused:
+            self._send(w, encode_blob(Kind.REFUSE, 0, why.encode()))
+            self.links[w].flush(time.monotonic() + 2.0)
+            self._declare_dead(w, f"refused at start-up: {why}")
+        if refused and not any(w < c.regular and w not in self.exiled for w in self.live):
             for w in sorted(self.live):
-                if w not in dict(refused):
-                    self._send(w, encode(Kind.EXIT, 0))
-            for link in self.links.values():
-                link.flush(time.monotonic() + 2.0)
+                self._send(w, encode(Kind.EXIT, 0))
             lines = "; ".join(f"worker {w} (rank {w + 1}): {why}" for w, why in refused)
             raise DistError(f"refused at start-up: {lines}. Start every process with the same config file and data.")
         for w in range(c.workers):
@@ -331,6 +349,13 @@ class Master:
         self._finish()
 
     # end ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close byzrsa's own sockets (the listener and the links to the workers)."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            for link in self.links.values():
+                link.close()
     def _finish(self) -> None:
         c = self.config
         live = sorted(self.live)

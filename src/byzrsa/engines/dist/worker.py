@@ -9,13 +9,15 @@ import os
 import socket
 import sys
 import time
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.engines.common import BatchSampler, Parts, Problem, build_parts, derive_generator
-from byzrsa.engines.dist.faults import faulty
+from byzrsa.engines.dist.faults import send_message
 from byzrsa.engines.dist.transport import (
     STARTUP_TIMEOUT,
     Frame,
@@ -33,6 +35,7 @@ from byzrsa.engines.dist.transport import (
     pair_groups,
     shard_fingerprint,
 )
+from byzrsa.engines.dist.wire import SocketLink, connect, sign, token_from_env, uses_sockets
 from byzrsa.errors import ConfigError
 from byzrsa.estimators import LocalData, estimate, init_state
 from byzrsa.methods import (
@@ -238,10 +241,21 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
     worker = Worker(spec, device)
     comm_device = device if c.backend == "nccl" else torch.device("cpu")
     d = worker.d
-    group = pair_groups(c)[spec.worker]
-    link = Link(0, group, capacity_to_worker(worker.parts, d, spec.worker), capacity_to_master(c, d), comm_device,
-                c.backend == "nccl", settle=master_silence(c))
     silence = master_silence(c)
+    token = token_from_env()
+    if uses_sockets(c):
+        try:
+            sock = connect(dist.distributed_c10d._get_default_store(), token,
+                           time.monotonic() + max(STARTUP_TIMEOUT, silence))
+        except PeerLost as exc:
+            print(f"byzrsa worker {spec.worker}: {exc}; exiting", file=sys.stderr)
+            return 1
+        link: Any = SocketLink(sock, capacity_to_worker(worker.parts, d, spec.worker), capacity_to_master(c, d),
+                               settle=silence)
+    else:
+        group = pair_groups(c)[spec.worker]
+        link = Link(0, group, capacity_to_worker(worker.parts, d, spec.worker), capacity_to_master(c, d), comm_device,
+                    True, settle=silence)
     faults = spec.faults
 
     def receive(timeout: float = silence) -> Frame:
@@ -251,7 +265,7 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
     if faults.get(0) == "config":  # testing hook: a worker started with another seed
         identity["seed"] += 1
     hello = {"identity": identity, "fingerprint": shard_fingerprint(spec.x, spec.y), "worker": spec.worker,
-             "host": socket.gethostname(), "pid": os.getpid()}
+             "host": socket.gethostname(), "pid": os.getpid(), "token": sign(token, f"worker {spec.worker}")}
     try:
         link.send(encode_blob(Kind.HELLO, 0, json.dumps(hello).encode()))
         frame = receive(max(STARTUP_TIMEOUT, silence))
@@ -284,7 +298,7 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
                 start, cpu = time.perf_counter(), time.thread_time()
                 if worker.role == "regular":
                     if worker.sends_first:
-                        link.send(encode(Kind.MSG, k, faulty(worker.x, fault)))
+                        send_message(link, k, worker.x, fault)
                         start, cpu = time.perf_counter(), time.thread_time()  # the send is communication
                         worker.advance(k, x0)
                         message = None
@@ -307,7 +321,7 @@ def worker_main(spec: WorkerSpec, rank: int, device: torch.device) -> int:
                 worker.compute_cpu += time.thread_time() - cpu
                 worker.steps += 1
                 if message is not None:
-                    link.send(encode(Kind.MSG, k, faulty(message, fault)))
+                    send_message(link, k, message, fault)
             elif kind == Kind.REPORT:
                 link.send(encode(Kind.LOCAL, k, worker.x))
             elif kind == Kind.SNAPSHOT:
