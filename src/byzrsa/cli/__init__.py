@@ -62,42 +62,38 @@ HELP: dict[str, str] = {
 
 
 def _component_flags() -> list[tuple[str, list[str], str, str, str, str]]:
-    """(flag, aliases, config key, component kind, owners) for every option of every registered component."""
-    from byzrsa.aggregators import RULES
-    from byzrsa.attacks import ATTACKS
-    from byzrsa.models import MODELS
-    from byzrsa.preaggregators import PRE_AGGREGATORS
+    """(flag, aliases, config key, component kind, owners, help) for every option of every registered component."""
+    from byzrsa.cli.catalog import catalog
 
     flags: dict[str, tuple[list[str], str, str, list[str], str]] = {}  # flag -> (aliases, key, kind, owners, help)
 
-    def add(flag: str, opt: Any, key: str, kind: str, owner: str) -> None:
-        aliases, _, _, owners, help_ = flags.setdefault(flag, ([], key, kind, [], f"{opt.help} [{opt.default}]"))
-        aliases.extend(a for a in opt.aliases if a not in aliases)
+    def add(flag: str, opt: dict[str, Any], key: str, kind: str, owner: str) -> None:
+        aliases, _, _, owners, help_ = flags.setdefault(flag, ([], key, kind, [], f"{opt['help']} [{opt['default']}]"))
+        aliases.extend(a for a in opt["aliases"] if a not in aliases)
         owners.append(owner)
 
-    for rule in RULES.values():
-        for opt in rule.options:
-            add(f"--{rule.name}-{opt.name.replace('_', '-')}", opt, f"method.{opt.name}", "method", rule.name)
-    for attack in ATTACKS.values():
-        for opt in attack.options:
-            add(f"--attack-{opt.name.replace('_', '-')}", opt, f"attack.{opt.name}", "attack", attack.name)
-    for model in MODELS.values():
-        for opt in model.options:
-            add(f"--{model.name}-{opt.name.replace('_', '-')}", opt, f"model.{opt.name}", "model", model.name)
-    for pre in PRE_AGGREGATORS.values():
-        for opt in pre.options:
-            add(f"--{pre.name}-{opt.name.replace('_', '-')}", opt, f"pre.{pre.name}.{opt.name}", "pre", pre.name)
+    entries = catalog()
+    for rule in entries["rules"]:
+        for opt in rule["options"]:
+            add(f"--{rule['name']}-{opt['name'].replace('_', '-')}", opt, f"method.{opt['name']}", "method", rule["name"])
+    for attack in entries["attacks"]:
+        for opt in attack["options"]:
+            add(f"--attack-{opt['name'].replace('_', '-')}", opt, f"attack.{opt['name']}", "attack", attack["name"])
+    for model in entries["models"]:
+        for opt in model["options"]:
+            add(f"--{model['name']}-{opt['name'].replace('_', '-')}", opt, f"model.{opt['name']}", "model", model["name"])
+    for pre in entries["pre"]:
+        for opt in pre["options"]:
+            add(f"--{pre['name']}-{opt['name'].replace('_', '-')}", opt, f"pre.{pre['name']}.{opt['name']}", "pre",
+                pre["name"])
     return [(flag, aliases, key, kind, ",".join(owners), help_) for flag, (aliases, key, kind, owners, help_) in flags.items()]
 
 
 def _choices(kind: str) -> str:
-    from byzrsa.attacks import ATTACKS
-    from byzrsa.methods import method_names
-    from byzrsa.models import MODELS
-    from byzrsa.preaggregators import PRE_AGGREGATORS
+    from byzrsa.cli.catalog import catalog
 
-    names = {"method": method_names(), "attack": ATTACKS.names(), "model": MODELS.names(), "pre": PRE_AGGREGATORS.names()}
-    return ", ".join(names[kind]) if kind in names else ""
+    section = {"method": "methods", "attack": "attacks", "model": "models", "pre": "pre"}.get(kind)
+    return ", ".join(e["name"] for e in catalog()[section]) if section else ""
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -218,25 +214,22 @@ def _same_path(a: str, b: str) -> bool:
 
 def list_components() -> str:
     """Every registered component with its options and defaults (``byzrsa list``)."""
-    from byzrsa.attacks import ATTACKS
-    from byzrsa.methods import get_method, method_names
-    from byzrsa.models import MODELS
-    from byzrsa.preaggregators import PRE_AGGREGATORS
+    from byzrsa.cli.catalog import catalog
 
+    entries = catalog()
     sections = [
-        ("methods (--method; a gradient method's options are its rule's: --set method.OPTION=...)",
-         [get_method(n) for n in method_names()]),
-        ("pre-aggregators (--pre a,b; --set pre.NAME.OPTION=...)", list(PRE_AGGREGATORS.values())),
-        ("attacks (--attack; --set attack.OPTION=...)", list(ATTACKS.values())),
-        ("models (--model, or package.module:Factory; --set model.OPTION=...)", list(MODELS.values())),
+        ("methods (--method; a gradient method's options are its rule's: --set method.OPTION=...)", entries["methods"]),
+        ("pre-aggregators (--pre a,b; --set pre.NAME.OPTION=...)", entries["pre"]),
+        ("attacks (--attack; --set attack.OPTION=...)", entries["attacks"]),
+        ("models (--model, or package.module:Factory; --set model.OPTION=...)", entries["models"]),
     ]
     lines = []
-    for title, entries in sections:
+    for title, section in sections:
         lines.append(title)
-        for entry in entries:
-            lines.append(f"  {entry.name:<16} {entry.help}")
-            for opt in entry.options:
-                lines.append(f"      {opt.name} = {opt.default!r:<10} {opt.type.__name__}: {opt.help}")
+        for entry in section:
+            lines.append(f"  {entry['name']:<16} {entry['help']}")
+            for opt in entry["options"]:
+                lines.append(f"      {opt['name']} = {opt['repr']:<10} {opt['type']}: {opt['help']}")
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -6,13 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from byzrsa.experiments.paper import describe_presets, reproduce
 from byzrsa.experiments.presets import QUICK_ITERATIONS
 
 __all__ = ["register"]
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from byzrsa.experiments.paper import describe_presets, reproduce  # imports torch: only when the command runs
+
     if args.list:
         print(describe_presets())
         return 0

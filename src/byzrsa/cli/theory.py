@@ -7,8 +7,6 @@ import json
 import time
 from typing import Any
 
-from byzrsa.experiments.theory import lambda0, objective_from_config, solve_consensus
-
 __all__ = ["register"]
 
 
@@ -19,6 +17,7 @@ __all__ = ["register"]
 
 def _cmd_lambda0(args: argparse.Namespace) -> int:
     from byzrsa.cli import config_from_args
+    from byzrsa.experiments.theory import lambda0, objective_from_config, solve_consensus  # imports torch
     from byzrsa.penalties import norm_name, parse_norm
 
     config = config_from_args(args)
