@@ -78,20 +78,31 @@ def _describe() -> str:
     return "\n".join(lines)
 
 
+class _HelpListingTopologies(argparse.Action):
+    """``--help`` that lists the topologies: imported only then, so the parser is built without torch."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        parser.epilog = _describe()
+        parser.print_help()
+        parser.exit()
+
+
 def register(subparsers: Any) -> None:
     """Add ``byzrsa topology`` to the CLI."""
-    from byzrsa.topologies import TOPOLOGIES
-
     parser = subparsers.add_parser(
         "topology",
         help="build a decentralized topology, print its facts as JSON and draw it (--out x.png)",
         description="Build topology NAME on --workers nodes of which --byzantine are Byzantine (the last ones, "
         "or --set topology.byzantine=i,j,...), print its degrees, Byzantine neighbours and the spectral gap of its "
         "mixing matrix, and with --out draw it as PNG + SVG with the Byzantine nodes in red.",
-        epilog=_describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
-    parser.add_argument("name", metavar="NAME", help=f"one of {', '.join(TOPOLOGIES.names())}")
+    parser.add_argument("-h", "--help", action=_HelpListingTopologies, help="show this help and every topology")
+    parser.add_argument("name", metavar="NAME", help="a topology: complete, ring, er, ... (listed below)")
     parser.add_argument("--workers", type=int, default=12, metavar="M", help="number m of nodes [12]")
     parser.add_argument("--byzantine", type=int, default=0, metavar="Q", help="number q of Byzantine nodes [0]")
     parser.add_argument("--seed", type=int, default=0, help="run seed (random graphs whose graph_seed is none) [0]")
