@@ -33,8 +33,9 @@ from torch import Tensor
 
 from byzrsa.engines.checkpoint_io import load_simulator, save_simulator
 from byzrsa.engines.blocking import block_rows, row_blocks
-from byzrsa.engines.common import Problem
+from byzrsa.engines.common import Problem, derive_generator
 from byzrsa.engines.cpu import default_threads, reuse_freed_memory, subnormals_flushed
+from byzrsa.estimators import LocalData, estimate, init_state
 from byzrsa.methods import (
     aggregation_step,
     baseline_message,
@@ -89,6 +90,10 @@ class Simulator:
         self._row = 0
         self._rows = step_block_rows(problem)  # workers per block of the step
         self._messages: Tensor | None = None  # the baselines' (m, d) message buffer, reused every step
+        # --vr: every computing worker's estimator state (byzrsa.estimators), started at x^0
+        self.vr_data = LocalData(problem.model, problem.shards[: self.active], problem.local_samples)
+        vr_streams = [derive_generator(c.seed, "vr", i) for i in range(self.active)]
+        self.vr = init_state(c.vr, c.vr_options, self.vr_data, start, vr_streams)
 
     def _next_indices(self) -> Tensor:
         """This iteration's minibatch indices ``(active, b)``; the samplers move ``BATCH_BLOCK`` iterations at a time."""
@@ -108,8 +113,11 @@ class Simulator:
         return x, y
 
     def _gradients(self, rows: slice, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """The gradients of the worker ``rows`` at ``w (rows, d)`` on their minibatch ``x, y``."""
-        return self.problem.model.grad(w, x, y, self.dropout[rows] if self.dropout else None)
+        """The gradients of the worker ``rows`` at ``w (rows, d)``: the minibatch's, or the --vr estimate."""
+        if self.vr is None:
+            return self.problem.model.grad(w, x, y, self.dropout[rows] if self.dropout else None)
+        ids = self._indices[self._row - 1, rows]  # this iteration's sample ids, (rows, b)
+        return estimate(self.vr, self.vr_data, rows, w, x, y, ids)
 
     def _byzantine_messages(self, regular: Tensor, own: Tensor, x0: Tensor) -> Tensor:
         c, pb = self.problem.config, self.problem
@@ -212,6 +220,7 @@ class Simulator:
             "attack_state": self.attack_context.state,
             "aggregator": self.aggregator.state_dict(),
             "dropout": [g.get_state() for g in self.dropout] if self.dropout else None,
+            "vr": self.vr.state_dict() if self.vr is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -231,6 +240,8 @@ class Simulator:
         self.aggregator.load_state_dict(state["aggregator"])
         for g, saved in zip(self.dropout or [], state["dropout"] or []):
             g.set_state(saved)
+        if self.vr is not None:
+            self.vr.load_state_dict(state["vr"])
 
     def metrics(self) -> dict[str, float]:
         locals_ = self.workers[: self.problem.config.regular] if self.problem.is_rsa else None
