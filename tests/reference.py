@@ -367,6 +367,8 @@ def attack(problem: Problem, regular: list[np.ndarray], own: list[np.ndarray], g
             out.append(c.attack_options['sigma'] * own[j])
         elif c.attack == "copy":
             out.append(regular[c.attack_options['copy_from']].copy())
+        elif c.attack == "negated-copy":
+            out.append(-regular[c.attack_options['copy_from']])
         elif c.attack == "gaussian":
             noise = torch.randn(len(regular[0]), generator=gens[j], dtype=torch.float64).numpy()
             centre = moments(regular)[0] if c.attack_options.get("around") == "mean" else 0.0

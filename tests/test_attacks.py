@@ -58,6 +58,10 @@ def test_attacks_follow_their_definitions():
     assert get_attack("same-value")(REGULAR, OWN, gens(1), c=100.0).tolist() == [[100.0] * 3]
     assert get_attack("sign-flip")(REGULAR, OWN, gens(1), sigma=-4.0).tolist() == [[-2.0, 4.0, -8.0]]
     assert get_attack("copy")(REGULAR, OWN, gens(1), copy_from=1).tolist() == [[4.0, 5.0, 6.0]]
+    assert get_attack("negated-copy")(REGULAR, OWN, gens(1), copy_from=1).tolist() == [[-4.0, -5.0, -6.0]]
+    assert get_attack("negated-copy")(REGULAR, OWN.expand(2, 3), gens(2)).tolist() == [[-1.0, -2.0, -3.0]] * 2
+    # sending zeros needs no attack of its own: same-value with c = 0
+    assert get_attack("same-value")(REGULAR, OWN, gens(1), c=0.0).tolist() == [[0.0] * 3]
     assert get_attack("negative-sum")(REGULAR, OWN, gens(1)).tolist() == [[-5.0, -7.0, -9.0]]
     assert torch.isnan(get_attack("non-finite")(REGULAR, OWN, gens(1), value=math.nan)).all()
     assert torch.isinf(get_attack("non-finite")(REGULAR, OWN, gens(1), value=-math.inf)).all()
@@ -110,6 +114,8 @@ def test_attack_validation():
         get_attack("teleport")
     with pytest.raises(ConfigError, match="copy"):
         check_attack("copy", regular=3, byzantine=1, options={"copy_from": 3})
+    with pytest.raises(ConfigError, match="copy"):
+        check_attack("negated-copy", regular=3, byzantine=1, options={"copy_from": -1})
     with pytest.raises(ConfigError, match="non-finite"):
         check_attack("non-finite", regular=3, byzantine=1, options={"value": 1.0})
 

@@ -45,6 +45,7 @@ from byzrsa.attacks.basic import (
     flip_labels,
     gaussian,
     honest,
+    negated_copy,
     negative_sum,
     non_finite,
     non_finite_check,
@@ -67,6 +68,7 @@ __all__ = [
     "same_value",
     "sign_flip",
     "copy_worker",
+    "negated_copy",
     "gaussian",
     "non_finite",
     "negative_sum",
@@ -118,6 +120,11 @@ ATTACKS.register(Attack(
 ATTACKS.register(Attack(
     "copy", copy_worker, "copy", "send regular worker r's message",
     options=(Option("copy_from", int, 0, "index of the regular worker copied (0 = first)", aliases=("--copy-from",)),),
+    check=copy_check,
+))
+ATTACKS.register(Attack(
+    "negated-copy", negated_copy, "negated copy", "send minus regular worker r's message",
+    options=(Option("copy_from", int, 0, "index of the regular worker negated (0 = first)"),),
     check=copy_check,
 ))
 ATTACKS.register(Attack(

@@ -1,7 +1,7 @@
 """The RSA paper's attacks (Li et al., AAAI 2019, "Numerical tests"), the classic sanity attacks, label flipping.
 
 Same-value, sign-flip and copy (a regular worker's message, fig. 10) are the
-paper's; Gaussian noise, non-finite messages and minus the sum (attack a2) are
+paper's, negated copy (minus a regular worker's message) its sign-flipped variant; Gaussian noise, non-finite messages and minus the sum (attack a2) are
 the usual sanity attacks; :func:`flip_labels` is the data attack of the
 bucketing paper's experiments (Karimireddy, He, Jaggi, ICLR 2022).
 """
@@ -21,6 +21,7 @@ __all__ = [
     "same_value",
     "sign_flip",
     "copy_worker",
+    "negated_copy",
     "gaussian",
     "non_finite",
     "negative_sum",
@@ -52,6 +53,19 @@ def copy_worker(regular: Tensor, own: Tensor, ctx: AttackContext, *, copy_from: 
     its last arrived message, see :mod:`byzrsa.engines.dist`).
     """
     return regular[copy_from].expand_as(own).clone()
+
+
+def negated_copy(regular: Tensor, own: Tensor, ctx: AttackContext, *, copy_from: int = 0) -> Tensor:
+    r"""Every Byzantine worker sends minus regular worker ``copy_from``'s message, :math:`-x_{j}`.
+
+    On RSA's l1 master (a coordinate-wise vote of signs of :math:`x_0 - x_i`)
+    q copies of :math:`-x_j` all vote on the side opposite to a typical regular
+    model in every coordinate, so the master is pulled towards zero and past it
+    with the whole :math:`q \lambda` budget, where ``copy`` only re-weights
+    worker j's data. Named by an outside audit of byzrsa's benchmark as damaging to l1 RSA on
+    by-label data; no paper defines it. Same worker order rules as :func:`copy_worker`.
+    """
+    return (-regular[copy_from]).expand_as(own).clone()
 
 
 def gaussian(
