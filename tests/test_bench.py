@@ -438,6 +438,7 @@ def test_non_converged_cell_is_reported_as_such():
     assert v["per_attack"][0]["rsa"]["RSA"]["status"] == "not converged"
 
 
+@pytest.mark.slow
 def test_a_short_run_is_a_non_converged_cell_in_the_report(tmp_path):
     """End to end: RSA at a small step over 20 iterations is still climbing; Median over 300 has settled."""
     grid = tiny_grid(levels=(Level("iid", {"split": "iid"}),), attacks=(AttackSpec("none", {"attack": "none"}),),
@@ -485,3 +486,35 @@ def test_paired_seeds_give_every_method_the_same_batches_and_draws():
     # the tuning runs of every method share one validation split (a fixed seed, not the method's)
     tune_configs = list(plan.tune_runs.values())
     assert {c.validation for c in tune_configs} == {0.2} and {c.seed for c in tune_configs} == {0}
+
+
+@pytest.mark.slow
+def test_rsa_rows_show_lambda0_beside_lambda(tmp_path):
+    """Theorem 1's lambda0 per (level, q, norm), as `byzrsa lambda0` computes it, cached, and in the ranking."""
+    from byzrsa.experiments.bench_theory import lambda0_of, lambda0_table
+    from byzrsa.experiments.theory import lambda0, objective_from_config, solve_consensus
+
+    grid = tiny_grid(levels=(Level("by-label", {"split": "by-label"}),),
+                     attacks=(AttackSpec("none", {"attack": "none"}),),
+                     methods=(MethodSpec("RSA l1", {"method": "rsa", "lr": 1.0, "lam": 0.01, "norm": "l1"}),
+                              MethodSpec("RSA l2", {"method": "rsa", "lr": 1.0, "lam": 0.1, "norm": "l2"}),
+                              MethodSpec("Median", {"method": "median", "lr": 0.3})),
+                     base={**BASE, "mu": 0.01}, seeds=(0, 1))
+    plan = plan_bench(grid, untuned=True)
+    plan_grid(plan)
+    configs = [plan.runs[c.keys[0]] for c in plan.cells]
+    table = lambda0_table(tmp_path, configs)
+    assert len(table) == 2 and (tmp_path / "lambda0.json").exists()
+    objective = objective_from_config(configs[0])
+    x_star = solve_consensus(objective, tol=1e-8)[0]
+    for c in configs[:2]:
+        expected = lambda0(objective, x_star, 1.0 if c.norm == "l1" else 2.0)[0]
+        assert lambda0_of(table, c) == pytest.approx(expected, rel=1e-3)
+    assert lambda0_of(table, configs[1]) > lambda0_of(table, configs[0])  # ||g||_2 >= ||g||_inf
+    assert lambda0_of(table, configs[2]) is None  # not RSA
+    bench(grid, out=tmp_path, jobs=1, untuned=True, calibrate=False, quiet=True)
+    report = (tmp_path / "report.md").read_text()
+    l1 = lambda0_of(table, configs[0])
+    assert f"lr=1, lam=0.01 (lambda0 {l1:.3g})" in report
+    assert report.count("(lambda0 ") == 2
+    assert "RSA l1: over 1" in report and "RSA l2: over 1" in report  # where RSA breaks, per norm

@@ -136,6 +136,8 @@ def test_resumed_saga_run_equals_the_uninterrupted_one(tmp_path):
     (["--vr", "lsvrg", "--set", "vr.p=0"], "must be in (0, 1]"),
     (["--vr", "lsvrg", "--set", "vr.p=1.5"], "must be in (0, 1]"),
     (["--vr", "saga", "--set", "vr.p=0.5"], "has no option 'p'"),
+    (["--vr", "lsvrg", "--lsvrg-p", "2"], "must be in (0, 1]"),  # the derived flag
+    (["--vr", "saga", "--lsvrg-p", "0.5"], "--lsvrg-p is an option of vr lsvrg"),
     (["--vr", "saga", "--model", "cnn"], "without dropout"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, words):

@@ -86,13 +86,17 @@ def _component_flags() -> list[tuple[str, list[str], str, str, str, str]]:
         for opt in pre["options"]:
             add(f"--{pre['name']}-{opt['name'].replace('_', '-')}", opt, f"pre.{pre['name']}.{opt['name']}", "pre",
                 pre["name"])
+    for estimator in entries.get("estimators", []):
+        for opt in estimator["options"]:
+            add(f"--{estimator['name']}-{opt['name'].replace('_', '-')}", opt, f"vr.{opt['name']}", "vr",
+                estimator["name"])
     return [(flag, aliases, key, kind, ",".join(owners), help_) for flag, (aliases, key, kind, owners, help_) in flags.items()]
 
 
 def _choices(kind: str) -> str:
     from byzrsa.cli.catalog import catalog
 
-    section = {"method": "methods", "attack": "attacks", "model": "models", "pre": "pre"}.get(kind)
+    section = {"method": "methods", "attack": "attacks", "model": "models", "pre": "pre", "vr": "estimators"}.get(kind)
     return ", ".join(e["name"] for e in catalog()[section]) if section else ""
 
 
@@ -115,7 +119,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             help=f"{help_} [{default}]",
         )
     options = parser.add_argument_group(
-        "component options (also --set method.OPTION=..., attack.OPTION=..., model.OPTION=..., pre.NAME.OPTION=...)"
+        "component options (also --set method.OPTION=..., attack.OPTION=..., model.OPTION=..., vr.OPTION=..., "
+        "pre.NAME.OPTION=...)"
     )
     for flag, aliases, key, kind, owners, help_ in _component_flags():
         options.add_argument(
@@ -222,6 +227,7 @@ def list_components() -> str:
         ("pre-aggregators (--pre a,b; --set pre.NAME.OPTION=...)", entries["pre"]),
         ("attacks (--attack; --set attack.OPTION=...)", entries["attacks"]),
         ("models (--model, or package.module:Factory; --set model.OPTION=...)", entries["models"]),
+        ("variance reduction (--vr; --set vr.OPTION=...)", entries.get("estimators", [])),
     ]
     lines = []
     for title, section in sections:

@@ -25,10 +25,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["catalog", "live", "cache_path"]
+__all__ = ["catalog", "live", "store", "cache_path"]
 
 # The modules that hold the registries the command line reads.
-REGISTRY_MODULES = ("byzrsa.aggregators", "byzrsa.attacks", "byzrsa.models", "byzrsa.preaggregators", "byzrsa.methods")
+REGISTRY_MODULES = (
+    "byzrsa.aggregators", "byzrsa.attacks", "byzrsa.models", "byzrsa.preaggregators", "byzrsa.methods", "byzrsa.estimators",
+)
 _FORMAT = 1  # bump when the catalog's layout changes
 
 
@@ -48,6 +50,7 @@ def live() -> dict[str, list[dict[str, Any]]]:
     """The catalog read from the registries themselves (imports them, and so torch)."""
     from byzrsa.aggregators import RULES
     from byzrsa.attacks import ATTACKS
+    from byzrsa.estimators import ESTIMATORS
     from byzrsa.methods import get_method, method_names
     from byzrsa.models import MODELS
     from byzrsa.preaggregators import PRE_AGGREGATORS
@@ -58,6 +61,7 @@ def live() -> dict[str, list[dict[str, Any]]]:
         "pre": [_entry(e) for e in PRE_AGGREGATORS.values()],
         "attacks": [_entry(e) for e in ATTACKS.values()],
         "models": [_entry(e) for e in MODELS.values()],
+        "estimators": [_entry(e) for e in ESTIMATORS.values()],
     }
 
 
@@ -86,20 +90,36 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
     """Methods, rules, pre-aggregators, attacks and models, each with its options (see the module's text)."""
     if all(m in sys.modules for m in REGISTRY_MODULES):
         return live()
-    path = cache_path()
     try:
         key = _fingerprint()
     except OSError:
         return live()
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("catalog"), dict):
-            return cached["catalog"]
-    except (OSError, ValueError):
-        pass
+    cached = _load(key)
+    if cached is not None:
+        return cached
     result = live()
-    try:  # written atomically: a concurrent reader sees the old file or the new one
+    store(result, key)
+    return result
+
+
+def _load(key: str) -> dict[str, list[dict[str, Any]]] | None:
+    try:
+        cached = json.loads(cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("catalog"), dict):
+        return cached["catalog"]
+    return None
+
+
+def store(result: dict[str, list[dict[str, Any]]] | None = None, key: str | None = None) -> None:
+    """Write the catalog cache (``result`` defaults to :func:`live`); a folder that cannot be written is skipped."""
+    path = cache_path()
+    try:
+        key = key if key is not None else _fingerprint()
+        result = result if result is not None else live()
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Written atomically: a concurrent reader sees the old file or the new one.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cli-catalog-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -110,4 +130,3 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
             raise
     except OSError:
         pass
-    return result

@@ -167,8 +167,24 @@ def _verdict_text(d: Mapping[str, Any]) -> str:
     return status
 
 
+def _lambda0s(out: Path, plan: Any, scenario: Any, rsa: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """RSA row -> (its lambda, Theorem 1's lambda0 for its scenario's problem, first seed's split) where defined."""
+    from byzrsa.experiments.bench_theory import lambda0_of, lambda0_table
+
+    configs = {}
+    for cell in plan.cells:
+        if cell.scenario == scenario and cell.method in rsa and cell.keys and cell.method not in configs:
+            configs[cell.method] = plan.runs[cell.keys[min(cell.keys)]]
+    table = lambda0_table(out, list(configs.values()))
+    found = {m: (c.lam, lambda0_of(table, c)) for m, c in configs.items()}
+    return {m: (lam, v) for m, (lam, v) in found.items() if v is not None}
+
+
 def _scenario_section(scenario: Any, v: Mapping[str, Any], values: Mapping[tuple[str, str], Mapping[str, float]],
-                      image: str, untuned: bool, n_seeds: int, lambda0: float | None = None) -> list[str]:
+                      image: str, untuned: bool, n_seeds: int,
+                      lambda0s: Mapping[str, tuple[float, float]] | None = None
+                      ) -> list[str]:
+    lambda0s = lambda0s or {}
     lines = [f"## {scenario.label}", "", f"![heatmap]({image})", "",
              "### Worst-case ranking", "",
              f"Worst case = the method's lowest cell (mean final test accuracy over {n_seeds} seeds ± 95% CI); "
@@ -180,8 +196,11 @@ def _scenario_section(scenario: Any, v: Mapping[str, Any], values: Mapping[tuple
              "|---|---|---|---|---|---|---|---|"]
     for i, row in enumerate(v["ranking"], 1):
         vals = _values_text(values.get((row["method"], scenario.level), {}))
-        if lambda0 is not None and "lam" in values.get((row["method"], scenario.level), {}):
-            vals += f" (lambda0 {lambda0:.3g})"
+        if row["method"] in lambda0s:
+            lam, lam0 = lambda0s[row["method"]]
+            if "lam" not in values.get((row["method"], scenario.level), {}):
+                vals += f", lam={lam:.4g}"
+            vals += f" (lambda0 {lam0:.3g})"
         lines.append(f"| {i} | {row['method']} | {vals} | {row['worst_attack']} | {row['worst'].text()} | "
                      f"{_drift_text(row['worst_cell'])} | {row['mean_over_attacks']:.3f} | {row['status']} |")
     lines += ["", "### Best method under each attack", "",
@@ -288,7 +307,8 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
                  "outlined: each method's worst attack; ~: not converged")
         written += [p.name for p in bench_figures.heatmap(group, methods, attacks, title, out / image)]
         v = verdicts(group, methods, attacks, rsa, oracles)
-        sections += _scenario_section(scenario, v, values, image + ".png", plan.untuned, n_seeds)
+        sections += _scenario_section(scenario, v, values, image + ".png", plan.untuned, n_seeds,
+                                      _lambda0s(out, plan, scenario, rsa))
         for r, view in v["rsa"].items():
             breaks.append(_breaks_text(scenario.label, r, view))
         for row in v["per_attack"]:
