@@ -37,9 +37,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, did_you_mean
 
-__all__ = ["RunConfig", "COMPONENTS", "SCHEDULES", "MASTER_ORDERS", "load_config", "apply_overrides", "check_settings", "config_from_dict"]
+__all__ = ["RunConfig", "COMPONENTS", "SCHEDULES", "MASTER_ORDERS", "load_config", "apply_overrides", "check_settings", "config_from_dict", "config_warnings"]
 
 SCHEDULES = ("sqrt", "constant")
 MASTER_ORDERS = ("jacobi", "gauss-seidel")
@@ -82,7 +82,8 @@ class RunConfig:
     # data
     dataset: str = "mnist-sample"
     data_dir: str | None = None
-    pixels: str = "unit"
+    # raw 0..255, as the paper's step size, lambda and mu were tuned for (unit pixels with a = 0.001 barely train)
+    pixels: str = "raw"
     split: str = "iid"
     dirichlet_alpha: float = 0.5
     heterogeneity: float = 0.0
@@ -238,6 +239,40 @@ def _chain(value: Any) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
     return tuple(names), tuple(o for _, o in parts)
 
 
+# The first release's flat keys and where each moved when options went to their components:
+# flat key -> (new dotted key, the component that owns the option).
+MOVED = {
+    "attack_c": ("attack.c", "same-value"),
+    "attack_sigma": ("attack.sigma", "sign-flip"),
+    "attack_copy_from": ("attack.copy_from", "copy"),
+    "attack_std": ("attack.std", "gaussian"),
+    "attack_value": ("attack.value", "non-finite"),
+    "geomed_tol": ("method.tol", "geomed"),
+    "geomed_max_iter": ("method.max_iter", "geomed"),
+    "multi_krum_k": ("method.k", "multi-krum"),
+    "hidden": ("model.hidden", "mlp"),
+}
+
+
+def _unknown_keys(unknown: list[str], given: Mapping[str, Any]) -> str:
+    """The one-line error for unknown top-level keys: where a moved key went, or the closest valid key."""
+    for key in unknown:
+        if key in MOVED:
+            new, owner = MOVED[key]
+            table, option = new.split(".")
+            value = given[key]
+            if isinstance(value, str):  # from --set: a number stays bare
+                value = value if re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?|nan|inf|-inf", value.strip()) else json.dumps(value)
+            else:
+                value = _toml_value(value) if isinstance(value, (bool, int, float)) else "..."
+            return (
+                f"config key {key!r} of the first release is now {new}, an option of the {table}: "
+                f"write [{table}] name = \"{owner}\" {option} = {value} in TOML, or --set {new}={value}"
+            )
+    hint = did_you_mean(unknown[0], KEYS) if len(unknown) == 1 else ""
+    return f"unknown config key(s) {', '.join(map(repr, unknown))}{hint}: valid keys are {', '.join(KEYS)}"
+
+
 def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     """Build a config from a mapping (a TOML table, a config.json, ``--set`` pairs).
 
@@ -251,7 +286,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     dotted = {str(k): v for k, v in data.items() if "." in str(k)}
     unknown = sorted(set(map(str, plain)) - set(KEYS))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}: valid keys are {', '.join(KEYS)}")
+        raise ConfigError(_unknown_keys(unknown, plain))
     values: dict[str, Any] = {k: _coerce(k, v) for k, v in plain.items() if k in _SCALARS}
     for key, options_key in COMPONENTS.items():
         if key in plain:
@@ -328,6 +363,19 @@ def max_threads() -> int:
     return max(64, 4 * (os.cpu_count() or 1))
 
 
+def config_warnings(c: RunConfig) -> list[str]:
+    """Settings that are valid but probably not what was meant, one line each (the CLI prints them)."""
+    warnings = []
+    if c.byzantine > 0 and c.attack == "none":
+        warnings.append(
+            f"byzantine = {c.byzantine} with attack none: the {c.byzantine} Byzantine workers behave like regular ones "
+            "(name an attack with --attack)"
+        )
+    if c.byzantine == 0 and c.attack != "none":
+        warnings.append(f"attack {c.attack} with byzantine = 0: no worker attacks (set --byzantine to at least 1)")
+    return warnings
+
+
 def check_settings(c: RunConfig) -> None:
     """Reject impossible values of the run's own settings (components are checked where they are built).
 
@@ -387,7 +435,8 @@ def check_settings(c: RunConfig) -> None:
         ("lr_schedule", SCHEDULES),
         ("master_order", MASTER_ORDERS),
     ):
-        _check(getattr(c, key) in valid, f"unknown {key} {getattr(c, key)!r}: choose one of {', '.join(valid)}")
+        value = getattr(c, key)
+        _check(value in valid, f"unknown {key} {value!r}{did_you_mean(value, valid)}: choose one of {', '.join(valid)}")
     device = c.device
     _check(
         device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()),

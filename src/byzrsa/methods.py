@@ -37,7 +37,7 @@ from torch import Tensor
 
 from byzrsa.aggregators import RULES
 from byzrsa.config import MASTER_ORDERS, SCHEDULES
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, did_you_mean
 from byzrsa.penalties import subgradient_of_difference
 from byzrsa.registry import Entry, Registry
 
@@ -65,7 +65,8 @@ def step_size(lr: float, k: int, schedule: str = "sqrt") -> float:
         return lr / math.sqrt(k)
     if schedule == "constant":
         return lr
-    raise ConfigError(f"unknown step-size schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    hint = did_you_mean(schedule, SCHEDULES)
+    raise ConfigError(f"unknown step-size schedule {schedule!r}{hint}: choose one of {', '.join(SCHEDULES)}")
 
 
 def rsa_worker_step(
@@ -178,7 +179,8 @@ def get_method(name: str) -> Method:
         return Method(name, aggregation_step, rule.label, rule.help, options=rule.options, rule=name)
     from byzrsa.preaggregators import PRE_AGGREGATORS
 
-    hint = f" ({name} is a pre-aggregator: add --pre {name} to a rule)" if name in PRE_AGGREGATORS else ""
+    hint = f" ({name} is a pre-aggregator: add --pre {name} to a rule)" if name in PRE_AGGREGATORS else \
+        did_you_mean(name, method_names())
     raise ConfigError(f"unknown method {name!r}{hint}: choose one of {', '.join(method_names())}")
 
 

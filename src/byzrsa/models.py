@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, did_you_mean
 from byzrsa.nets import cnn_net, lenet5_net, mlp_net
 from byzrsa.registry import Entry, Option, Registry, at_least, one_of
 from byzrsa.torch_model import BATCHING, TorchModel
@@ -385,7 +385,7 @@ class ModelRegistry(Registry[ModelEntry]):
             return self.entries[name]
         except (KeyError, TypeError):
             raise ConfigError(
-                f"unknown {self.kind} {name!r}: choose one of {', '.join(self.entries)}, "
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self.entries)}: choose one of {', '.join(self.entries)}, "
                 f"or give a factory as 'package.module:Factory'"
             ) from None
 
@@ -397,7 +397,7 @@ class ModelRegistry(Registry[ModelEntry]):
 
 
 _BATCHING_OPTION = Option(
-    "batching", str, "auto", "how the workers' gradients are batched: auto, vmap, loop, chain (MLP only)",
+    "batching", str, "auto", "how the workers' gradients are batched: auto, vmap, loop, or chain (Linear layers only)",
     one_of(*BATCHING),
 )
 

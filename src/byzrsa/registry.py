@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, did_you_mean
 
 __all__ = ["Option", "Entry", "Registry", "positive", "non_negative", "at_least", "finite", "one_of", "in_range"]
 
@@ -144,8 +144,9 @@ class Entry:
         unknown = sorted(set(given) - set(names))
         if unknown:
             valid = ", ".join(names) if names else "none"
+            hint = did_you_mean(unknown[0], names) if len(unknown) == 1 else ""
             raise ConfigError(
-                f"{kind} {self.name!r} has no option {', '.join(map(repr, unknown))}; its options are: {valid}"
+                f"{kind} {self.name!r} has no option {', '.join(map(repr, unknown))}{hint}; its options are: {valid}"
             )
         return {
             opt.name: opt.coerce(given[opt.name], f"{kind} {self.name!r} option {opt.name!r}") if opt.name in given
@@ -179,7 +180,9 @@ class Registry(Generic[E]):
         try:
             return self.entries[name]
         except (KeyError, TypeError):
-            raise ConfigError(f"unknown {self.kind} {name!r}: choose one of {', '.join(self.entries)}") from None
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self.entries)}: choose one of {', '.join(self.entries)}"
+            ) from None
 
     def get(self, name: str, default: Any = None) -> E | Any:
         return self.entries.get(name, default)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, did_you_mean
 
 __all__ = ["TorchModel", "BATCHING"]
 
@@ -182,7 +182,8 @@ class TorchModel:
 
     def __init__(self, module: nn.Module, num_classes: int, *, batching: str = "auto") -> None:
         if batching not in BATCHING:
-            raise ConfigError(f"unknown batching {batching!r}: choose one of {', '.join(BATCHING)}")
+            hint = did_you_mean(batching, BATCHING)
+            raise ConfigError(f"unknown batching {batching!r}{hint}: choose one of {', '.join(BATCHING)}")
         _refuse_unsupported(module)
         self.module = module
         self.num_classes = num_classes

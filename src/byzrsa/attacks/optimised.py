@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from byzrsa.attacks.base import AttackContext, regular_moments, same_row
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, did_you_mean
 
 __all__ = ["DIRECTIONS", "perturbation", "largest_feasible", "min_max_gamma", "min_sum_gamma", "min_max", "min_sum"]
 
@@ -57,7 +57,8 @@ def perturbation(regular: Tensor, direction: str) -> Tensor:
         return -sigma
     if direction == "sign":
         return -torch.sign(mu)
-    raise ConfigError(f"unknown perturbation direction {direction!r}: choose one of {', '.join(DIRECTIONS)}")
+    hint = did_you_mean(direction, DIRECTIONS)
+    raise ConfigError(f"unknown perturbation direction {direction!r}{hint}: choose one of {', '.join(DIRECTIONS)}")
 
 
 def largest_feasible(feasible: Callable[[float], bool], gamma_init: float, tol: float) -> float:

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from byzrsa.attacks.base import AttackContext, require, same_row
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, did_you_mean
 from byzrsa.penalties import subgradient
 
 __all__ = ["TARGETS", "rsa_target", "rsa_best_response", "rsa_aware"]
@@ -75,7 +75,8 @@ def rsa_target(regular: Tensor, x0: Tensor, p: float, target: str) -> Tensor:
         return -x0
     if target == "ones":
         return torch.ones_like(x0)
-    raise ConfigError(f"unknown rsa-aware target {target!r}: choose one of {', '.join(TARGETS)}")
+    hint = did_you_mean(target, TARGETS)
+    raise ConfigError(f"unknown rsa-aware target {target!r}{hint}: choose one of {', '.join(TARGETS)}")
 
 
 def rsa_best_response(x0: Tensor, t: Tensor, p: float) -> Tensor:

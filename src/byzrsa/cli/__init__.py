@@ -186,6 +186,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             import_plugins(config_from_dict({"plugins": args.plugins}))
         return _cmd_list(args)
     config = config_from_args(args, resume_base(args.resume))
+    from byzrsa.config import config_warnings
+    from byzrsa.engines.common import validate
+
+    # Validated first, so that an impossible config is one error line, not a warning and an error.
+    for warning in config_warnings(validate(config)):
+        print(f"byzrsa: warning: {warning}", file=sys.stderr)
     if args.resume and args.out is None:
         args.out = args.resume
     if args.resume and args.overwrite and _same_path(args.out, args.resume):
@@ -249,13 +255,31 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (and exit status 2), like every other error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            from byzrsa.errors import did_you_mean
+
+            flag = next((w for w in message.split()[2:] if w.startswith("--")), None)
+            if flag is not None:
+                message += did_you_mean(flag.partition("=")[0], self._every_flag())
         self.exit(2, f"byzrsa: error: {message} (see {self.prog} --help)\n")
+
+    def _every_flag(self) -> list[str]:
+        """The long flags of this parser and of its subcommands' parsers (argparse reports them all from the top)."""
+        flags = [s for s in self._option_string_actions if s.startswith("--")]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    flags.extend(s for s in sub._option_string_actions if s.startswith("--"))
+        return flags
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="byzrsa", description="Byzantine-robust distributed learning: RSA, robust baselines, attacks."
     )
+    from byzrsa import __version__
+
+    parser.add_argument("--version", action="version", version=f"byzrsa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_parser = sub.add_parser(
         "run",

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from byzrsa.errors import ConfigError, config_int
+from byzrsa.errors import ConfigError, config_int, did_you_mean
 
 __all__ = ["SCHEMES", "partition"]
 
@@ -191,7 +191,8 @@ def partition(
         would get no sample.
     """
     if scheme not in SCHEMES:
-        raise ConfigError(f"unknown partition scheme {scheme!r}; choose one of: {', '.join(SCHEMES)}")
+        hint = did_you_mean(scheme, SCHEMES)
+        raise ConfigError(f"unknown partition scheme {scheme!r}{hint}; choose one of: {', '.join(SCHEMES)}")
     m = config_int(m, "the number of workers m", minimum=1)
     y = _as_int_array(labels, "labels")
     n = len(y)

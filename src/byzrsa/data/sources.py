@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from byzrsa.data.idx import read_idx
-from byzrsa.errors import ConfigError, DataError, config_int
+from byzrsa.errors import ConfigError, DataError, config_int, did_you_mean
 
 __all__ = [
     "Dataset",
@@ -646,7 +646,7 @@ def load_dataset(
         Files missing, corrupt or impossible to download.
     """
     if name not in SOURCES:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown dataset {name!r}{did_you_mean(name, SOURCES)}; choose one of: {', '.join(SOURCES)}")
     if pixels not in PIXELS:
         raise ConfigError(f"unknown pixel scale {pixels!r}; choose raw (stored values) or unit (scaled to [0, 1])")
     if name == "synthetic":

@@ -27,7 +27,7 @@ from byzrsa.attacks import Attack, AttackContext, check_attack, get_attack
 from byzrsa.config import RunConfig, check_settings
 from byzrsa.data import SCHEMES, SOURCES, Dataset, load_dataset, partition
 from byzrsa.data.validation import validation_split
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, did_you_mean
 from byzrsa.estimators import ESTIMATORS, check_estimator, table_bytes
 from byzrsa.methods import Method, aggregation_step, get_method, rsa_master_step
 from byzrsa.models import MODELS, Model, build_model, evaluate
@@ -434,9 +434,12 @@ def build_problem(config: RunConfig, dataset: Dataset | None = None) -> Problem:
     """Check ``config``, load and split the data, and build the parts (:func:`build_parts`)."""
     check_settings(config)
     if config.dataset not in SOURCES:
-        raise ConfigError(f"unknown dataset {config.dataset!r}: choose one of {', '.join(SOURCES)}")
+        hint = did_you_mean(config.dataset, SOURCES)
+        raise ConfigError(f"unknown dataset {config.dataset!r}{hint}: choose one of {', '.join(SOURCES)}")
     if config.split not in SCHEMES:
-        raise ConfigError(f"unknown split {config.split!r}: choose one of {', '.join(SCHEMES)}")
+        raise ConfigError(
+            f"unknown split {config.split!r}{did_you_mean(config.split, SCHEMES)}: choose one of {', '.join(SCHEMES)}"
+        )
     device, dtype = run_device(config), run_dtype(config)
     import_plugins(config)
     get_method(config.method)  # a misspelled method fails before the data loads

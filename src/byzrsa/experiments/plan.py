@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from byzrsa.config import RunConfig
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, did_you_mean
 from byzrsa.experiments.presets import (
     ALIASES,
     FIGURES,
@@ -81,7 +81,8 @@ def resolve_figures(names: Iterable[str]) -> list[str]:
             expanded = [key]
         else:
             valid = ", ".join([*FIGURES, *ALIASES, "theory", "all"])
-            raise ConfigError(f"unknown figure {name!r}: choose from {valid}")
+            hint = did_you_mean(name, [*FIGURES, *ALIASES, "theory", "all"])
+            raise ConfigError(f"unknown figure {name!r}{hint}: choose from {valid}")
         for item in expanded:
             if item not in wanted:
                 wanted.append(item)
