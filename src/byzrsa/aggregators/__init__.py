@@ -93,6 +93,10 @@ class Rule(Entry):
         rows: identical rows return that row's sign and the output is bounded by
         1 in every coordinate, which is what the shared tests check instead of
         "returns that row" and "within the range of the regular rows".
+    weighted : bool
+        The rule takes keywords ``weights`` (one positive weight per row) and
+        ``keep`` (a row it never drops): on a graph it gets the node's mixing
+        weights, its own row first (IOS).
     check : callable or None
         ``check(m, f, options)`` raises :class:`ConfigError` when the rule cannot
         run on ``m`` rows of which ``f`` are Byzantine (Krum: ``m >= 2f + 3``).
@@ -104,6 +108,7 @@ class Rule(Entry):
     robust: bool = True
     uses_previous: bool = False
     sign_output: bool = False
+    weighted: bool = False
     check: Callable[[int, int, dict[str, Any]], None] | None = None
 
     def __call__(self, x: Tensor, f: int = 0, **options: Any) -> Tensor:
@@ -175,7 +180,7 @@ RULES.register(Rule(
 
 RULES.register(Rule(
     "ios", ios, "IOS", "iterative outlier scissor: f times drop the row farthest from the (weighted) mean of the rest",
-    needs_f=True, check=ios_check,
+    needs_f=True, weighted=True, check=ios_check,
 ))
 
 

@@ -27,12 +27,14 @@ from byzrsa.attacks import Attack, AttackContext, check_attack, get_attack
 from byzrsa.config import RunConfig, check_settings
 from byzrsa.data import SCHEMES, SOURCES, Dataset, load_dataset, partition
 from byzrsa.data.validation import validation_split
+from byzrsa.decentralized import check_graph_setting
 from byzrsa.errors import ConfigError, did_you_mean
 from byzrsa.estimators import ESTIMATORS, check_estimator, table_bytes
 from byzrsa.methods import Method, aggregation_step, get_method, rsa_master_step
 from byzrsa.models import MODELS, Model, build_model, evaluate
 from byzrsa.penalties import parse_norm
 from byzrsa.preaggregators import PRE_AGGREGATORS, PreAggregator, apply_chain, check_chain
+from byzrsa.topologies import Topology, build_topology
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -154,6 +156,7 @@ class Parts:
     rule: Rule | None  # the gradient method's rule (None for RSA)
     rule_options: dict[str, Any]
     chain: tuple[tuple[PreAggregator, dict[str, Any]], ...]
+    topology: Topology | None = None  # the graph of a decentralized run (None: master and workers)
 
     @property
     def is_rsa(self) -> bool:
@@ -270,8 +273,9 @@ def _resolve(c: RunConfig) -> tuple[RunConfig, Method, Rule | None, tuple[tuple[
     chain = tuple(
         (PRE_AGGREGATORS[n], PRE_AGGREGATORS[n].resolve(o, "pre-aggregator")) for n, o in zip(c.pre, c.pre_options)
     )
-    if rule is not None and not method.regular_only:
+    if rule is not None and not method.regular_only and c.topology == "none":
         check_rule(rule.name, check_chain(chain, c.workers, c.declared_f), c.declared_f, rule_options)
+    topology_options = check_graph_setting(c, method, rule_options)
     attack_options = check_attack(c.attack, c.regular, c.byzantine, c.attack_options)
     _check_dtype_range(c, attack_options)
     model = MODELS.get(c.model)
@@ -279,7 +283,7 @@ def _resolve(c: RunConfig) -> tuple[RunConfig, Method, Rule | None, tuple[tuple[
     vr_options = ESTIMATORS[c.vr].resolve(c.vr_options, "estimator")
     resolved = dataclasses.replace(
         c, method_options=rule_options, attack_options=attack_options, model_options=model_options,
-        pre_options=tuple(o for _, o in chain), vr_options=vr_options,
+        pre_options=tuple(o for _, o in chain), vr_options=vr_options, topology_options=topology_options,
     )
     return resolved, method, rule, chain
 
@@ -348,7 +352,12 @@ def build_parts(config: RunConfig, input_shape: tuple[int, ...], num_classes: in
         raise ConfigError(f"model {c.model!r} with {c.model_options} does not fit in memory: reduce its size") from None
     check_estimator(c.vr, model)
     attack = get_attack(c.attack)
-    return Parts(c, method, model, parse_norm(c.norm), attack, c.attack_options, rule, c.method_options, chain)
+    topology = (
+        build_topology(c.topology, c.workers, c.byzantine, c.topology_options, c.seed) if c.topology != "none" else None
+    )
+    return Parts(
+        c, method, model, parse_norm(c.norm), attack, c.attack_options, rule, c.method_options, chain, topology
+    )
 
 
 @dataclass

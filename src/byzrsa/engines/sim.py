@@ -288,7 +288,12 @@ def simulate(
         if problem.device.type == "cpu":
             stack.enter_context(reuse_freed_memory())
             stack.enter_context(subnormals_flushed())
-        sim = Simulator(problem)
+        if problem.topology is not None:
+            from byzrsa.engines.decentralized import GraphSimulator  # it builds on Simulator
+
+            sim: Simulator = GraphSimulator(problem)
+        else:
+            sim = Simulator(problem)
         rows: list[dict[str, float]] = []
         if resume is not None:
             rows = load_simulator(sim, resume)
