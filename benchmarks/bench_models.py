@@ -129,7 +129,7 @@ def run_steps(models: list[str], workers: list[int], quick: bool) -> list[dict[s
     from byzrsa.config import config_from_dict
     from byzrsa.data import load_dataset
     from byzrsa.engines.common import build_problem
-    from byzrsa.engines.cpu import reuse_freed_memory
+    from byzrsa.engines.cpu import blas_threads, reuse_freed_memory
     from byzrsa.engines.sim import Simulator
 
     rows = []
@@ -154,7 +154,7 @@ def run_steps(models: list[str], workers: list[int], quick: bool) -> list[dict[s
                 "ideal gradient": lambda s=sims["ideal-sgd"], x=x, y=y: s.problem.model.grad(
                     s.x0.expand(m, -1), x, y, s.dropout),
             }
-            with reuse_freed_memory():
+            with reuse_freed_memory(), blas_threads(1):
                 got = measure(cases, rounds=3 if quick else 5, calls=20, warmup=1, target=1.0 if quick else 2.0)
             row = {"model": name, "m": m, "d": rsa.problem.model.dim, **{k: t.to_dict() for k, t in got.items()}}
             row["ratio"] = got["rsa-l1"].cpu / got["ideal-sgd"].cpu

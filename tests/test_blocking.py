@@ -40,3 +40,11 @@ def test_row_blocks_cover_every_row_once_in_order(n, rows):
     covered = [i for s in blocks for i in range(s.start, s.stop)]
     assert covered == list(range(n))
     assert all(0 < s.stop - s.start <= rows for s in blocks)
+
+
+def test_sysfs_cpu_lists_are_read():
+    from byzrsa.engines.blocking import _cpu_list
+
+    assert _cpu_list("0") == [0]
+    assert _cpu_list("0-3,8\n") == [0, 1, 2, 3, 8]
+    assert _cpu_list("") == []

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from byzrsa.blas import bmm
 from byzrsa.errors import ConfigError, did_you_mean
 from byzrsa.nets import cnn_net, lenet5_net, mlp_net
 from byzrsa.registry import Entry, Option, Registry, at_least, one_of
@@ -141,15 +142,16 @@ class SoftmaxRegression:
         thread; ``benchmarks/``): the forward product as ``W x^T`` is ~25% faster
         than ``x W^T`` (the long dimension is the shared one); a shared model
         (the baselines, ``w`` expanded) takes one ``(m b, n) @ (n, C)`` product
-        instead of m small ones; every elementwise pass runs on the small
-        ``(m, C, b)`` tensor, never on the ``(m, d)`` gradient, so the 1/b goes
-        into the residual.
+        instead of m small ones; every elementwise pass runs on the small ``(m, C, b)`` tensor,
+        never on the ``(m, d)`` gradient, so the 1/b goes into the residual. The
+        per-worker products go through :func:`byzrsa.blas.bmm`.
         """
         m, b, n1 = x.shape
-        if w.stride(0) == 0:  # one model shared by every worker
-            logits = (x.reshape(m * b, n1) @ w[0].view(self.num_classes, n1).T).view(m, b, -1).transpose(1, 2)
+        if w.stride(0) == 0:  # one model shared by every worker: (m b, C), seen as (m, C, b)
+            weights = w[0].view(1, self.num_classes, n1).transpose(1, 2)
+            logits = bmm(x.reshape(1, m * b, n1), weights).view(m, b, -1).transpose(1, 2)
         else:
-            logits = torch.bmm(w.view(m, self.num_classes, n1), x.transpose(1, 2))  # (m, C, b)
+            logits = bmm(w.view(m, self.num_classes, n1), x.transpose(1, 2))  # (m, C, b)
         z = logits - logits.amax(dim=1, keepdim=True)  # log-sum-exp shift: raw pixels cannot overflow
         target = y.unsqueeze(1)
         z_true = z.gather(1, target) if with_loss else None
@@ -177,7 +179,7 @@ class SoftmaxRegression:
             loss, grad = self._by_chunks(w, x, y, with_loss=True)
             return loss, grad  # type: ignore[return-value]
         loss, residual = self._residual(w, x, y, with_loss=True)
-        return loss, torch.bmm(residual, x).view(x.shape[0], self.dim)
+        return loss, bmm(residual, x).view(x.shape[0], self.dim)
 
     def grad(
         self, w: Tensor, x: Tensor | Rows, y: Tensor, generators: Sequence[torch.Generator] | None = None
@@ -194,7 +196,7 @@ class SoftmaxRegression:
         if isinstance(x, Rows):
             return self._by_chunks(w, x, y, with_loss=False)[1]
         _, residual = self._residual(w, x, y, with_loss=False)
-        return torch.bmm(residual, x).view(x.shape[0], self.dim)  # (m, C, n + 1), the 1/b already in
+        return bmm(residual, x).view(x.shape[0], self.dim)  # (m, C, n + 1), the 1/b already in
 
     #: workers gathered and differentiated at a time when the batch comes as :class:`Rows`
     CHUNK = 64
@@ -211,7 +213,7 @@ class SoftmaxRegression:
             hi = min(lo + self.CHUNK, m)
             xb = x.take(lo, hi, out=buffer[: (hi - lo) * b])
             part, residual = self._residual(w[lo:hi], xb, y[lo:hi], with_loss)
-            torch.bmm(residual, xb, out=grad[lo:hi].view(hi - lo, self.num_classes, n1))
+            bmm(residual, xb, out=grad[lo:hi].view(hi - lo, self.num_classes, n1))
             if loss is not None:
                 loss[lo:hi] = part
         return loss, grad

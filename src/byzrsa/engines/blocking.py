@@ -12,10 +12,9 @@ The budget is the bytes one block may occupy:
 1. ``budget`` given to :func:`block_rows` (a config field passes it here);
 2. else the environment variable ``BYZRSA_BLOCK_BYTES`` (an integer, or with a
    ``K``/``M``/``G`` suffix: ``512K``, ``2M``);
-3. else the per-core cache read from
-   ``/sys/devices/system/cpu/cpu0/cache`` (the largest level that is not shared
-   by every CPU of the machine, i.e. L2 on most x86 parts), or 1 MiB where
-   the file system does not say.
+3. else one core's share of the cache read from
+   ``/sys/devices/system/cpu/cpu0/cache`` (:func:`cache_bytes`), or 1 MiB
+   where the file system does not say.
 
 Dependency-free (no torch): the decentralized simulator and the estimators
 import it too.
@@ -51,10 +50,15 @@ def _parse_bytes(text: str, what: str) -> int:
 
 @functools.lru_cache(maxsize=1)
 def cache_bytes() -> int:
-    """The per-core cache of CPU 0 in bytes (read once per process); 1 MiB where it cannot be read.
+    """One core's share of the cache, in bytes (read once per process); 1 MiB where it cannot be read.
 
-    "Per-core" = the largest data or unified cache level whose
-    ``shared_cpu_list`` is not every CPU; on a single-CPU machine, the largest.
+    The larger of the per-core cache (the largest data or unified level
+    private to CPU 0, L2 on most x86 parts) and the last level divided by the
+    CPUs that share it. Why not the L2 alone: a block of a few rows pays the
+    fixed cost of every torch call in the step (5-10 us each on a loaded
+    machine, ~20 calls per block), and blocks sized to a 1 MiB L2 (5 softmax
+    workers) were measured slower than blocks of 10 to all workers, which
+    were alike (docs/performance.md, "The blocked step").
     """
     root = Path("/sys/devices/system/cpu/cpu0/cache")
     try:
@@ -63,15 +67,24 @@ def cache_bytes() -> int:
             if (index / "type").read_text().strip() == "Instruction":
                 continue
             size = _parse_bytes((index / "size").read_text(), "cache size")
-            shared = (index / "shared_cpu_list").read_text().strip()
-            caches.append((int((index / "level").read_text()), size, shared))
+            sharing = len(_cpu_list((index / "shared_cpu_list").read_text()))
+            caches.append((int((index / "level").read_text()), size, sharing))
     except (OSError, ValueError, ConfigError):
         return _FALLBACK
     if not caches:
         return _FALLBACK
-    everyone = max(caches)[2]  # the last level is shared by the most CPUs
-    private = [c for c in caches if c[2] != everyone] or caches
-    return max(private)[1]
+    private = [size for _, size, sharing in caches if sharing <= 1]
+    last = max(caches)
+    return max([*private, last[1] // max(1, last[2])])
+
+
+def _cpu_list(text: str) -> list[int]:
+    """The CPUs of a sysfs list such as ``0-3,8``."""
+    cpus: list[int] = []
+    for part in filter(None, text.strip().split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
 
 
 def block_rows(row_bytes: int, budget: int | None = None) -> int:

@@ -34,7 +34,7 @@ from torch import Tensor
 from byzrsa.engines.checkpoint_io import load_simulator, save_simulator
 from byzrsa.engines.blocking import block_rows, row_blocks
 from byzrsa.engines.common import Problem, derive_generator
-from byzrsa.engines.cpu import default_threads, reuse_freed_memory, subnormals_flushed
+from byzrsa.engines.cpu import blas_threads, default_threads, reuse_freed_memory, subnormals_flushed
 from byzrsa.estimators import LocalData, estimate, init_state
 from byzrsa.methods import (
     aggregation_step,
@@ -288,6 +288,7 @@ def simulate(
         if problem.device.type == "cpu":
             stack.enter_context(reuse_freed_memory())
             stack.enter_context(subnormals_flushed())
+            stack.enter_context(blas_threads(torch.get_num_threads()))
         if problem.topology is not None:
             from byzrsa.engines.decentralized import GraphSimulator  # it builds on Simulator
 

@@ -27,7 +27,10 @@ def plot_curves(
     """One line per labelled run (rows as written to metrics.csv), saved to ``path`` (png/svg by suffix)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for label, rows in curves.items():
-        ax.plot([r[x] for r in rows], [r[y] for r in rows], label=label, linewidth=1.6)
+        line = ax.plot([r[x] for r in rows], [r[y] for r in rows], label=label, linewidth=1.6)[0]
+        if y == "accuracy" and rows and "accuracy_min" in rows[0]:  # a decentralized run: the nodes' min-max band
+            ax.fill_between([r[x] for r in rows], [r["accuracy_min"] for r in rows], [r["accuracy_max"] for r in rows],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:

@@ -24,6 +24,7 @@ from byzrsa.engines.common import build_problem, validate
 from byzrsa.errors import ConfigError
 from byzrsa.experiments.folders import atomic_path, atomic_write_text, claim_folder, release_folder
 from byzrsa.experiments.plots import plot_curves
+from byzrsa.decentralized import GRAPH_METRICS
 from byzrsa.methods import get_method
 from byzrsa.penalties import norm_name, parse_norm
 from byzrsa.preaggregators import PRE_AGGREGATORS
@@ -115,7 +116,8 @@ def run(
                 path.unlink(missing_ok=True)
             atomic_write_text(out_dir / "config.json", config.to_json() + "\n")
             handle = open(out_dir / "metrics.csv", "w", newline="")
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            columns = METRIC_COLUMNS + (GRAPH_METRICS if config.topology != "none" else ())
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
         if not quiet:
             from tqdm import tqdm
@@ -200,6 +202,7 @@ def _summary(
         "best_accuracy": max(accuracies),
         "final_train_loss": last["train_loss"] if math.isfinite(last["train_loss"]) else None,
         "final_variance": last["variance"] if math.isfinite(last["variance"]) else None,
+        **{f"final_{key}": last[key] for key in GRAPH_METRICS if key in last},  # a decentralized run's spread
         "train_seconds": last["time"],
         "seconds_per_iteration": last["time"] / done if done else None,
         "wall_seconds": wall,
