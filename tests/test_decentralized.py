@@ -287,3 +287,15 @@ def test_median_of_an_even_neighbourhood_is_the_true_median():
     out = aggregate_neighbourhoods("median", rows[:1], rows[1:], torch.zeros(3, dtype=torch.long),
                                    torch.ones(1, dtype=torch.float64), torch.ones(3, dtype=torch.float64), (0,), {})
     assert out.item() == 1.5
+
+
+def test_results_folder_of_a_graph_run_has_the_spread_columns(synthetic, tmp_path):
+    from byzrsa.experiments.runner import read_metrics, run
+
+    config = RunConfig(dataset="synthetic", workers=10, byzantine=2, topology="er", method="ios", attack="isolation",
+                       iterations=4, eval_every=2, lr=0.05)
+    summary = run(config, out_dir=tmp_path / "run", quiet=True, dataset=synthetic)
+    rows = read_metrics(tmp_path / "run")
+    assert {"accuracy_min", "accuracy_max", "average_accuracy"} <= set(rows[-1])
+    assert summary["final_accuracy_min"] == rows[-1]["accuracy_min"]
+    assert (tmp_path / "run" / "accuracy.png").exists()

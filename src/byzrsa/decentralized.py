@@ -60,6 +60,7 @@ from byzrsa.penalties import subgradient_of_difference
 from byzrsa.topologies import Topology
 
 __all__ = [
+    "GRAPH_METRICS",
     "GraphEdges",
     "graph_edges",
     "half_step",
@@ -71,6 +72,10 @@ __all__ = [
     "aggregate_neighbourhoods",
     "neighbourhood_requirement",
 ]
+
+# What a decentralized run reports beside the master/worker metrics: "accuracy" is the mean over the
+# regular nodes' models; these are their min and max, and the accuracy of their average.
+GRAPH_METRICS = ("accuracy_min", "accuracy_max", "average_accuracy")
 
 
 @dataclass(frozen=True)

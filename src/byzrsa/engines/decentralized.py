@@ -38,10 +38,7 @@ from byzrsa.engines.sim import Simulator
 from byzrsa.methods import step_size
 from byzrsa.models import evaluate
 
-__all__ = ["GraphSimulator", "GRAPH_METRICS"]
-
-# Metrics a decentralized run adds to the master/worker ones (accuracy = the mean over the regular nodes).
-GRAPH_METRICS = ("accuracy_min", "accuracy_max", "average_accuracy")
+__all__ = ["GraphSimulator"]
 
 
 @dataclass(frozen=True)

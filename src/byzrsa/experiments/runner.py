@@ -180,7 +180,8 @@ def _chain(first: dict[str, float], rest: Iterator[dict[str, float]]) -> Iterato
 
 def _title(c: RunConfig) -> str:
     attack = "no attack" if c.attack == "none" or c.byzantine == 0 else f"{c.attack} attack, q={c.byzantine}"
-    return f"{c.dataset} ({c.split}), m={c.workers}, {attack}"
+    graph = f", {c.topology} graph" if c.topology != "none" else ""
+    return f"{c.dataset} ({c.split}), m={c.workers}{graph}, {attack}"
 
 
 def _summary(
