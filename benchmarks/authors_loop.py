@@ -1,7 +1,7 @@
 """The baseline the simulator is timed against: one worker at a time in NumPy, like the authors' code.
 
 The RSA authors' published code (Python 2, NumPy, one sequential process;
-PROTOCOL.md) loops over the workers: each draws 32 consecutive samples at a
+docs/protocol.md) loops over the workers: each draws 32 consecutive samples at a
 random offset of its own shard, computes its softmax-regression gradient with
 NumPy, steps its own ``(10, 785)`` model, and then the master loops over the m
 messages. This module is that loop, written plainly and in float32 (the

@@ -1,6 +1,6 @@
 """Simulator step in the paper's setting: time per iteration, where it goes, scaling, threads.
 
-Setting (PROTOCOL.md, figure 6): mnist-sample with raw pixels, m = 20 workers,
+Setting (docs/protocol.md, figure 6): mnist-sample with raw pixels, m = 20 workers,
 q = 8 Byzantine (same-value attack, c = 100), batch 32, softmax regression
 (d = 7850), float32. Measured, all in one process and interleaved:
 
@@ -31,7 +31,7 @@ from byzrsa.penalties import subgradient
 from authors_loop import AuthorsLoop
 from timing import measure
 
-# Step sizes follow PROTOCOL.md (same-value attack, q = 8); they do not change the cost of a step.
+# Step sizes follow docs/protocol.md (same-value attack, q = 8); they do not change the cost of a step.
 METHODS: dict[str, dict[str, Any]] = {
     "rsa-l1": dict(method="rsa", norm="l1", lam=0.07, lr=1e-3),
     "rsa-l2": dict(method="rsa", norm="l2", lam=1.2, lr=1e-3),

@@ -43,7 +43,7 @@ from byzrsa.engines.dist import measure_floor
 from byzrsa.config import config_from_dict
 from byzrsa.experiments.runner import describe, run
 
-# Step sizes do not change the time per iteration; these follow PROTOCOL.md (same-value, q=8).
+# Step sizes do not change the time per iteration; these follow docs/protocol.md (same-value, q=8).
 METHODS = {
     "ideal-sgd": dict(lr=1e-4),
     "rsa": dict(lam=0.07, lr=1e-3),

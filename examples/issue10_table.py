@@ -89,7 +89,7 @@ NOTES = [
     "",
     "- **none** on by-label is not the no-attack baseline of the other columns: the four Byzantine workers then",
     "  train honestly on their shards, which hold digits 8 and 9, so the model sees all ten digits. Under every",
-    "  attack those digits are lost, and about 0.8 (PROTOCOL.md, at 5000 iterations) is the best possible; Ideal",
+    "  attack those digits are lost, and about 0.8 (docs/protocol.md, at 5000 iterations) is the best possible; Ideal",
     "  SGD (the 16 regular workers alone) is the ceiling to compare the attacked columns with.",
     "- **mimic on RSA** chooses its worker in the first round (warmup 1, the authors' default), when every RSA",
     "  local model is still the zero start: all regular messages are equal, every projection is 0, and the",

@@ -1,4 +1,4 @@
-"""The figure presets against PROTOCOL.md's table, run keys and sharing, and `byzrsa reproduce` end to end."""
+"""The figure presets against docs/protocol.md's table, run keys and sharing, and `byzrsa reproduce` end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from byzrsa.errors import ConfigError
 from byzrsa.experiments.plan import base_settings, figure_configs, plan, resolve_figures, run_key
 from byzrsa.experiments.presets import FIGURES, PAPER_SETTING
 
-# PROTOCOL.md, "Figures": fig -> (split, q, attack, RSA (norm, lambda, a) per line).
+# docs/protocol.md, "Figures": fig -> (split, q, attack, RSA (norm, lambda, a) per line).
 PROTOCOL_TABLE = {
     "fig3": ("iid", 0, "none", {"RSA": ("l1", 0.1, 0.003)}),
     "fig4a": ("iid", 4, "same-value", {"RSA": ("l1", 0.07, 0.001)}),
@@ -27,7 +27,7 @@ PROTOCOL_TABLE = {
     "fig10a": ("by-label", 4, "copy", {"RSA": ("l1", 0.5, 0.0005)}),
     "fig10b": ("by-label", 8, "copy", {"RSA": ("l1", 0.5, 0.0005)}),
 }
-# The base step sizes of the authors' result folders (PROTOCOL.md), per figure and method.
+# The base step sizes of the authors' result folders (docs/protocol.md), per figure and method.
 PROTOCOL_BASELINES = {
     "fig3": {"Ideal SGD": 1e-4, "GeoMed": 1e-4, "Median": 1e-4, "Krum": 1e-5},
     "fig4a": {"Krum": 1e-4, "Median": 5e-5, "GeoMed": 1e-4, "SGD": 1e-4},

@@ -52,7 +52,7 @@ COMPONENTS = {
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run. Defaults follow PROTOCOL.md (the paper's setting).
+    """Everything that defines a run. Defaults follow docs/protocol.md (the paper's setting).
 
     ``*_options`` hold a component's options by name (treat them as read-only);
     ``pre`` is the chain of pre-aggregators and ``pre_options`` their options, in order.

@@ -1,7 +1,7 @@
 r"""The update rules, as pure functions of (state, inputs) -> new state.
 
 RSA (equations 10 and 11 of the paper, lp-norm form) with byzrsa's mean-loss
-convention (PROTOCOL.md, convention 1): the objective is
+convention (docs/protocol.md, convention 1): the objective is
 
 .. math::
     \min_{x_0, \{x_i\}} \frac1m \sum_{i \in R} \mathbb E F(x_i, \xi_i) + f_0(x_0)
@@ -124,7 +124,7 @@ def aggregation_step(x: Tensor, messages: Tensor, aggregate: Callable[[Tensor], 
 
 
 def baseline_message(grad: Tensor, x: Tensor, mu: float) -> Tensor:
-    """A gradient-aggregation worker's message ``grad F(x; batch) + mu x`` (PROTOCOL.md, convention 1), in place."""
+    """A gradient-aggregation worker's message ``grad F(x; batch) + mu x`` (docs/protocol.md, convention 1), in place."""
     return grad.add_(x, alpha=mu)
 
 

@@ -13,7 +13,7 @@ Proposition 1 of the paper, any vector with dual norm ``||z||_q <= 1``
 Norms are taken over the whole flattened model (the last dimension), so one
 function serves a single vector ``(d,)`` and a batch of rows ``(m, d)``.
 
-Non-finite input (PROTOCOL.md convention 6): a Byzantine message may hold NaN or
+Non-finite input (docs/protocol.md convention 6): a Byzantine message may hold NaN or
 inf. A NaN entry contributes 0; ``sign(+-inf) = +-1`` as usual. For p > 1, if a
 row has infinite entries the finite ones vanish in the limit, so the row is
 replaced by the signs of its infinite entries before the formulas above (l1 is

@@ -8,7 +8,7 @@ its label and the properties the shared property tests check
 ``check_rule`` rejects impossible settings before training starts. Each rule
 lives in a module of this package; adding one is a function there and an entry here.
 
-Non-finite messages (PROTOCOL.md, convention 6) are treated per rule; each
+Non-finite messages (docs/protocol.md, convention 6) are treated per rule; each
 docstring says how. In short: ``mean`` propagates them (it is the non-robust
 baseline); ``median`` and ``trimmed_mean`` read a NaN entry as ``+inf`` (an
 outlier on one side); ``krum``/``multi_krum`` never select a row with a

@@ -41,7 +41,7 @@ def sign_majority(x: Tensor) -> Tensor:
     rows; the paper's robustness result is against "blind" adversaries (fewer
     than half the workers, not seeing the others' gradients), not omniscient ones.
 
-    Non-finite entries (PROTOCOL.md, convention 6): ``sign(+-inf) = +-1`` and a
+    Non-finite entries (docs/protocol.md, convention 6): ``sign(+-inf) = +-1`` and a
     NaN entry casts no vote (0), as in RSA's subgradients
     (:mod:`byzrsa.penalties`).
 

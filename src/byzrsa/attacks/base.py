@@ -21,7 +21,7 @@ __all__ = ["AttackContext", "Attack", "regular_moments", "same_row", "byzantine_
 
 @dataclass
 class AttackContext:
-    """What the attacker knows in a round besides the messages (PROTOCOL.md: omniscient unless a data attack).
+    """What the attacker knows in a round besides the messages (docs/protocol.md: omniscient unless a data attack).
 
     Attributes
     ----------
@@ -112,7 +112,7 @@ def regular_moments(regular: Tensor) -> tuple[Tensor, Tensor]:
 
     .. math:: \mu = \frac1r \sum_i x_i ,\qquad \sigma = \sqrt{\tfrac1r \sum_i (x_i - \mu)^2}
 
-    PROTOCOL.md fixes the population form for every attack; papers whose code
+    docs/protocol.md fixes the population form for every attack; papers whose code
     uses the sample form (``torch.std``, divisor r - 1) say so in their docstring.
     """
     if regular.shape[0] == 0:

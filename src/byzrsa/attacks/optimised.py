@@ -45,7 +45,7 @@ def perturbation(regular: Tensor, direction: str) -> Tensor:
 
     (The paper's "inverse unit vector", "inverse standard deviation" and "inverse
     sign"; a zero mean gives a zero unit vector.) Its code takes the sample
-    standard deviation; byzrsa takes the population one (PROTOCOL.md). For these
+    standard deviation; byzrsa takes the population one (docs/protocol.md). For these
     attacks that changes nothing but the scale of :math:`\gamma`: the message
     :math:`\mu + \gamma p` found is the same.
     """

@@ -69,7 +69,7 @@ def alie(regular: Tensor, own: Tensor, ctx: AttackContext, *, z: float | None = 
     n = ``ctx.workers`` and f = ``ctx.byzantine``.
 
     Departures, on purpose: mu and sigma are those of all the regular messages
-    (PROTOCOL.md, omniscient attacker), where the paper estimates them from the
+    (docs/protocol.md, omniscient attacker), where the paper estimates them from the
     Byzantine workers' own honest values, and sigma is the population standard
     deviation. The direction of the shift is immaterial to the paper's argument,
     which is symmetric; :math:`\mu - z\sigma` is what the bucketing paper's code

@@ -423,7 +423,7 @@ class Problem:
 
 
 def local_variance(regular: Tensor, x0: Tensor) -> float:
-    """Sum of squared distances of the regular workers' iterates and x0 to their mean (PROTOCOL.md)."""
+    """Sum of squared distances of the regular workers' iterates and x0 to their mean (docs/protocol.md)."""
     points = torch.cat([regular, x0.unsqueeze(0)])
     return float(((points - points.mean(dim=0)) ** 2).sum())
 

@@ -65,7 +65,7 @@ class Simulator:
     """State and step of one simulated run.
 
     Rows ``0..r-1`` of ``workers`` are the regular workers, the last q rows the
-    Byzantine ones (PROTOCOL.md). Byzantine rows are only computed when the
+    Byzantine ones (docs/protocol.md). Byzantine rows are only computed when the
     attack needs their true values (sign-flip, label-flip); otherwise they are
     never touched.
     """

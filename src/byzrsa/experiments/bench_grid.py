@@ -72,7 +72,7 @@ class Level:
 
 @dataclass(frozen=True)
 class Tuning:
-    """How hyper-parameters are tuned (PROTOCOL.md, "Beyond the paper").
+    """How hyper-parameters are tuned (docs/protocol.md, "Beyond the paper").
 
     For each method and level, every combination of ``start * factor`` over the
     tuned keys is run on the grid's attacks, q and f values with the ``seeds``,

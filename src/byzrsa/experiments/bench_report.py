@@ -292,7 +292,7 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
               f"load average (1, 5, 15 min) at the start {timing.get('load_average_start')}, "
               f"at the end {timing.get('load_average')} (the estimate assumes free cores)."]
     if n_seeds < 3:
-        lines.append(f"- **Only {n_seeds} seed(s)**: PROTOCOL.md asks for at least 3; intervals are wide or absent "
+        lines.append(f"- **Only {n_seeds} seed(s)**: docs/protocol.md asks for at least 3; intervals are wide or absent "
                      "and most comparisons are ties.")
     lines += [f"- Note: {n}" for n in grid.notes]
     lines += ["", "## Hyper-parameters" + mark, "", format_tuning(plan.tune_jobs, grid.tuning, plan.untuned), ""]

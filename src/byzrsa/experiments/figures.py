@@ -120,7 +120,7 @@ def draw_figure(figure: Figure, lines: Mapping[str, Result], folder: Path, datas
 
 
 # ---------------------------------------------------------------------------------------------
-# Explanations of claims that do not hold (PROTOCOL.md, "Things to know before judging results")
+# Explanations of claims that do not hold (docs/protocol.md, "Things to know before judging results")
 # ---------------------------------------------------------------------------------------------
 
 

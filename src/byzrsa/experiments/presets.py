@@ -3,7 +3,7 @@
 Each figure of the RSA paper (Li et al., AAAI 2019) is a :class:`Figure`: plain
 data naming what every run of the figure shares (``fixed``), the lines drawn
 (``lines``: a label and the settings that vary, with the authors' per-method
-step sizes from PROTOCOL.md), and the claims the paper's text makes about it.
+step sizes from docs/protocol.md), and the claims the paper's text makes about it.
 On top of every figure sits :data:`PAPER_SETTING`, the setting all of the
 paper's experiments share (raw pixels, softmax regression, m = 20, batch 32,
 5000 iterations, f0 = 0.01/2 ||x||^2, step a/sqrt(k)).
@@ -24,7 +24,7 @@ __all__ = ["Claim", "Line", "Figure", "PAPER_SETTING", "MASTER_ORDER", "FIGURES"
 #: final accuracies to within test-set noise, so the presets keep equation (8) of the paper.
 MASTER_ORDER = "jacobi"
 
-#: What every experiment of the paper shares (PROTOCOL.md, "The setting shared by every figure").
+#: What every experiment of the paper shares (docs/protocol.md, "The setting shared by every figure").
 PAPER_SETTING: Mapping[str, Any] = {
     "pixels": "raw",
     "model": "softmax",
@@ -115,13 +115,13 @@ SAME_VALUE_4 = {"split": "iid", "byzantine": 4, "attack": "same-value", "attack.
 SAME_VALUE_8 = {"split": "iid", "byzantine": 8, "attack": "same-value", "attack.c": 100.0}
 SIGN_FLIP_4 = {"split": "iid", "byzantine": 4, "attack": "sign-flip", "attack.sigma": -4.0}
 SIGN_FLIP_8 = {"split": "iid", "byzantine": 8, "attack": "sign-flip", "attack.sigma": -4.0}
-# "each Byzantine worker i transmits v_i = v_r ... We set r = 1" (0-based index 1: PROTOCOL.md)
+# "each Byzantine worker i transmits v_i = v_r ... We set r = 1" (0-based index 1: docs/protocol.md)
 HETERO_4 = {"split": "by-label", "byzantine": 4, "attack": "copy", "attack.copy_from": 1}
 HETERO_8 = {"split": "by-label", "byzantine": 8, "attack": "copy", "attack.copy_from": 1}
 
 # Per-method step sizes a (the step is a/sqrt(k)). Baselines: the base step sizes of the authors'
-# result folders (PROTOCOL.md). Ideal SGD is the no-attack SGD run (1e-4), except on the
-# heterogeneous split where the authors used 5e-5. Where PROTOCOL.md names no value (SGD under
+# result folders (docs/protocol.md). Ideal SGD is the no-attack SGD run (1e-4), except on the
+# heterogeneous split where the authors used 5e-5. Where docs/protocol.md names no value (SGD under
 # sign-flip, SGD at q=8) the closest listed setting's value, 1e-4, is used.
 ROBUST = ("GeoMed", "Krum", "Median")
 

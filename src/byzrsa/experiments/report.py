@@ -3,7 +3,7 @@
 Every number in the report is computed here from the runs' ``metrics.csv`` and
 ``summary.json``. A claim's verdict is decided by :func:`check_claim`; a claim
 that does not hold is reported as such, with the numbers, and where
-PROTOCOL.md's notes explain why, with the explanation backed by numbers.
+docs/protocol.md's notes explain why, with the explanation backed by numbers.
 
 "Final accuracy" is the mean test accuracy over the evaluations of the last
 10% of the iterations (at least the last one): it smooths the minibatch noise
@@ -168,7 +168,7 @@ def _explain_symmetry(own: Mapping[str, Result], context: dict[str, Any]) -> str
         f"f0 sees it. Measured on {ev['samples']} {context['dataset']} samples (float64): moving a model by 100*1 "
         f"changes its gradient by at most {ev['grad_change']:.1e} (gradient norm {ev['grad_norm']:.3g}) and leaves "
         f"{ev['prediction_agreement']:.1%} of the predictions unchanged.{acc} byzrsa's softmax is the stable "
-        "log-sum-exp, and PROTOCOL.md rules out making it unstable to reproduce a failure."
+        "log-sum-exp, and docs/protocol.md rules out making it unstable to reproduce a failure."
     )
 
 
@@ -336,11 +336,11 @@ def write_report(
         f"# RSA (Li et al., AAAI 2019) reproduced on {dataset}" + (" (quick smoke run)" if quick else ""),
         "",
         "Every number below is computed from the runs in `runs/` (one folder per distinct run config, named by a "
-        "hash of the config). Setting shared by every figure (PROTOCOL.md): "
+        "hash of the config). Setting shared by every figure (docs/protocol.md): "
         + _settings_text({k: v for k, v in PAPER_SETTING.items() if k not in ("master_order",)})
         + (f"; this reproduction: {_settings_text({k: v for k, v in plan.base.items() if v is not None})}")
         + ". The last q workers are Byzantine. Step sizes are a/sqrt(k) with the authors' per-method a "
-        "(PROTOCOL.md); lines marked *tuned* use our tuned a instead (`byzrsa tune`).",
+        "(docs/protocol.md); lines marked *tuned* use our tuned a instead (`byzrsa tune`).",
         "",
         f"RSA's master reads the workers' iterates in the **{MASTER_ORDER}** order "
         + ("(x_i^k, equation (8) of the paper)" if MASTER_ORDER == "jacobi" else "(x_i^{k+1}, the authors' code)")

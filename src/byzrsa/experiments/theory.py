@@ -1,6 +1,6 @@
 r"""Numerical checks of the paper's theory, and ``byzrsa lambda0``.
 
-The objective (byzrsa's mean-loss convention, PROTOCOL.md convention 1) over
+The objective (byzrsa's mean-loss convention, docs/protocol.md convention 1) over
 the regular workers R, with m workers in all, is
 
 .. math::

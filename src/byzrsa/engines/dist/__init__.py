@@ -55,7 +55,7 @@ payload bytes, received into a buffer of fixed capacity. The master
   message that cannot be used: it is dropped for that round, logged and counted
   (``malformed_messages``), never a crash. Non-finite entries are not dropped:
   they are what a Byzantine worker may send, and the master's rules handle them
-  (PROTOCOL.md, convention 6).
+  (docs/protocol.md, convention 6).
 
 gloo aborts the receiving process when a peer sends more bytes than the posted
 buffer holds; byzrsa's own processes never do (frames are bounded by the

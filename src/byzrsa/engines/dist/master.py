@@ -262,7 +262,7 @@ class Master:
         stacked = torch.stack([messages[w] for w in order]) if order else torch.empty(0, self.d, dtype=pb.dtype)
         # amax propagates NaN and inf, and is far cheaper than isfinite(...).all(dim=1) over (m, d)
         finite = torch.isfinite(stacked.abs().amax(dim=1)) if order else stacked.new_ones(0, dtype=torch.bool)
-        if not bool(finite.all()):  # kept: the rules are built to take it (PROTOCOL.md, convention 6); counted
+        if not bool(finite.all()):  # kept: the rules are built to take it (docs/protocol.md, convention 6); counted
             for w, ok in zip(order, finite.tolist()):
                 if not ok:
                     self.non_finite[str(w)] = self.non_finite.get(str(w), 0) + 1
