@@ -294,7 +294,7 @@ def test_results_folder_of_a_graph_run_has_the_spread_columns(synthetic, tmp_pat
 
     config = RunConfig(dataset="synthetic", workers=10, byzantine=2, topology="er", method="ios", attack="isolation",
                        iterations=4, eval_every=2, lr=0.05)
-    summary = run(config, out_dir=tmp_path / "run", quiet=True, dataset=synthetic)
+    summary = run(config, tmp_path / "run", quiet=True, dataset=synthetic)
     rows = read_metrics(tmp_path / "run")
     assert {"accuracy_min", "accuracy_max", "average_accuracy"} <= set(rows[-1])
     assert summary["final_accuracy_min"] == rows[-1]["accuracy_min"]
