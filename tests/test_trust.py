@@ -74,6 +74,7 @@ def _published(out: Path) -> list[str]:
 # ------------------------------------------------------------------------------- signals
 
 
+@pytest.mark.slow
 def test_tune_ended_by_a_group_sigterm_leaves_no_process_and_valid_folders(tmp_path):
     """A batch scheduler signals the whole process group: the command, its pool workers and the tracker."""
     out, marker = tmp_path / "tune", f"byzrsa-test-{uuid.uuid4()}"
@@ -95,6 +96,7 @@ def test_tune_ended_by_a_group_sigterm_leaves_no_process_and_valid_folders(tmp_p
         _end(marker)
 
 
+@pytest.mark.slow
 def test_sigkilled_reproduce_takes_its_pool_with_it(tmp_path):
     """SIGKILL cannot be handled: the pool workers notice their parent's death, end, and publish nothing."""
     out, marker = tmp_path / "rep", f"byzrsa-test-{uuid.uuid4()}"
@@ -185,6 +187,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_starts(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and run_state(out) == "completed"
 
 
+@pytest.mark.slow
 def test_resume_never_writes_into_a_folder_holding_another_run(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     run({**SMALL, "checkpoint_every": 10}, a)
@@ -228,6 +231,7 @@ RESUMED = [
 
 
 @pytest.mark.parametrize("settings", RESUMED, ids=["rsa-linf-signflip", "cclip-bucketing-dropout", "krum-ipm"])
+@pytest.mark.slow
 def test_resumed_trajectory_equals_the_uninterrupted_one_everywhere(tmp_path, monkeypatch, settings):
     """Every metrics row and every piece of saved state equal, bit for bit, in float64 (time aside)."""
     (tmp_path / "toy_dropout_net.py").write_text(DROPOUT_NET)
@@ -430,3 +434,167 @@ def test_socket_link_drops_oversized_frames_and_stays_in_step():
     with pytest.raises(PeerLost, match="not a byzrsa frame"):
         receiver.receive(deadline)
     b.close()
+
+
+# ------------------------------------------------------------------------------ a full disk
+
+SMALL_FLAGS = ["--dataset", "digits", "--workers", "4", "--iterations", "20", "--eval-every", "10", "--quiet"]
+
+
+def _limited(args: list[str], max_bytes: int, **kwargs) -> subprocess.CompletedProcess:
+    """byzrsa in a process that may write no file larger than ``max_bytes`` (EFBIG past it, as on a full quota)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return subprocess.run([sys.executable, "-m", "byzrsa.cli", *args], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=300, **kwargs)
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*tmp*"))
+
+
+def test_a_checkpoint_past_the_file_size_limit_fails_the_run_in_one_line(tmp_path):
+    out = tmp_path / "r"
+    done = _limited(["run", *SMALL_FLAGS, "--checkpoint-every", "10", "--out", str(out)], 100_000)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "checkpoint.pt" in lines[0] and "File too large" in lines[0] and "Traceback" not in done.stderr
+    assert run_state(out) == "failed" and not (out / MARKER).exists() and _temporaries(out) == []
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "File too large" in summary["error"] and summary["iterations"] == 10
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_results_that_cannot_be_written_leave_no_marker_and_no_temporary_file(tmp_path):
+    out = tmp_path / "r"
+    done = _limited(["run", *SMALL_FLAGS, "--out", str(out)], 300)  # config.json itself does not fit
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "config.json" in lines[0] and "File too large" in lines[0], done.stderr
+    assert not (out / MARKER).exists() and _temporaries(out) == []
+    assert run_state(out) != "completed"
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
+def test_every_write_error_during_a_run_is_one_line_and_a_failed_summary(tmp_path, monkeypatch, capsys, code):
+    import errno
+
+    import byzrsa.experiments.runner as runner
+
+    real = runner._rows
+
+    def full_disk(*args, **kwargs):  # the disk fills up between two evaluations
+        for row in real(*args, **kwargs):
+            yield row
+            if row["iteration"] == 10:
+                raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(tmp_path / "r" / "metrics.csv"))
+
+    monkeypatch.setattr(runner, "_rows", full_disk)
+    assert main(["run", *SMALL_FLAGS, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.csv" in err[0] and os.strerror(getattr(errno, code)) in err[0], err
+    assert run_state(tmp_path / "r") == "failed" and not (tmp_path / "r" / MARKER).exists()
+
+
+def test_reproduce_on_a_full_disk_ends_in_one_line(tmp_path):
+    out = tmp_path / "rep"
+    done = _limited(["reproduce", "fig4a", "--dataset", "digits", "--iterations", "5", "--eval-every", "5", "--jobs", "1",
+                     "--quiet", "--out", str(out)], 10_000)  # the runs fit; the figure does not
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "figures/fig4a.png: File too large" in lines[0]
+    assert not list(out.rglob(MARKER)) and _temporaries(out) == []
+    assert not (out / "figures" / "fig4a.png").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_is_one_line_for_every_command(tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        for args in (["run", *SMALL_FLAGS], ["bench", "quick", "--quiet"],
+                     ["reproduce", "fig4a", "--dataset", "digits", "--iterations", "5", "--quiet"]):
+            done = subprocess.run([sys.executable, "-m", "byzrsa.cli", *args, "--out", str(out / "x")],
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+    finally:
+        out.chmod(0o700)
+
+
+# ------------------------------------------------------------------- claims and second signals
+
+
+def _claim(out: str, start, results) -> None:
+    from byzrsa.experiments.folders import claim_folder
+
+    start.wait()
+    try:
+        claim_folder(Path(out))
+        results.put("won")
+    except ConfigError:
+        results.put("refused")
+    start.wait()  # the winner stays alive (its marker live) until every claim has been decided
+
+
+def test_six_processes_claiming_one_folder_at_once_give_one_winner(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        out = tmp_path / f"r{attempt}"
+        start, results = context.Barrier(6), context.Queue()
+        procs = [context.Process(target=_claim, args=(str(out), start, results)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        outcomes = sorted(results.get(timeout=60) for _ in procs)
+        for proc in procs:
+            proc.join(30)
+        assert outcomes == ["refused"] * 5 + ["won"], outcomes
+
+
+@pytest.mark.parametrize("engine", ["sim", "dist"])
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c-twice", "ctrl-c-then-sigterm"])
+def test_a_second_signal_during_clean_up_still_leaves_a_summary(tmp_path, engine, second):
+    out, marker = tmp_path / "r", f"byzrsa-test-{uuid.uuid4()}"
+    proc = _start(["run", "--dataset", "digits", "--workers", "4", "--iterations", "1000000", "--eval-every", "50",
+                   "--engine", engine, "--out", str(out), "--quiet"], marker)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len((out / "metrics.csv").read_text().splitlines() if (out / "metrics.csv").exists() else []) < 3:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        proc.send_signal(second)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+        assert "partial results are in" in stderr
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
+        assert run_state(out) == "interrupted" and _temporaries(out) == []
+        assert wait_gone(marker) == []
+    finally:
+        _end(marker)
+
+
+def test_reproduce_redoes_a_stored_run_it_cannot_read(tmp_path):
+    from byzrsa.experiments.paper import execute, run_folder
+    from byzrsa.experiments.plan import base_settings, plan
+
+    out = tmp_path / "rep"
+    runs = dict(list(plan(["fig4a"], base_settings("digits", iterations=5)).runs.items())[:1])
+    (key,) = runs
+    assert execute(runs, out, jobs=1, quiet=True)[0] == {}
+    folder = run_folder(out, key)
+    good_config = (folder / "config.json").read_text()
+    damages = [("config.json", good_config[: len(good_config) // 2])]
+    summary = json.loads((folder / "summary.json").read_text())
+    damages.append(("summary.json", json.dumps({k: v for k, v in summary.items() if k != "final_accuracy"})))
+    for name, text in damages:
+        (folder / name).write_text(text)
+        assert run_state(folder) == "corrupt", name
+        assert execute(runs, out, jobs=1, quiet=True)[0] == {}
+        assert run_state(folder) == "completed", name
+        assert json.loads((folder / "config.json").read_text()) == json.loads(good_config)

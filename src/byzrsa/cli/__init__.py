@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     from byzrsa import __version__
 
     parser.add_argument("--version", action="version", version=f"byzrsa {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the traceback after the one-line message (also BYZRSA_DEBUG=1); "
+                        "may be given anywhere on the line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_parser = sub.add_parser(
         "run",
@@ -311,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TERMINATION_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+HANDLED_SIGNALS = (signal.SIGINT, *TERMINATION_SIGNALS)
 
 
 def _interrupt_on_termination() -> None:
@@ -318,8 +323,9 @@ def _interrupt_on_termination() -> None:
 
     The KeyboardInterrupt they raise runs the same clean-up: child processes
     are ended and every results folder says ``interrupted``. Only the first
-    one raises: a scheduler or a process group may deliver several, and a
-    second must not cut the clean-up short (SIGKILL still ends everything).
+    signal of the three (Ctrl-C included) raises: a scheduler or a process
+    group may deliver several, a user may press Ctrl-C twice, and a second
+    signal must not cut the clean-up short (SIGKILL still ends everything).
     """
     received: list[int] = []
 
@@ -329,7 +335,7 @@ def _interrupt_on_termination() -> None:
         received.append(signum)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    for sig in TERMINATION_SIGNALS:
+    for sig in HANDLED_SIGNALS:
         try:
             signal.signal(sig, handler)
         except ValueError:  # main() called from a thread other than the main one: signals stay as they are
@@ -338,22 +344,39 @@ def _interrupt_on_termination() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv``; return the exit status (0, 1 for failed runs, 2 for an error, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("BYZRSA_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line, not only before the command
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error (already printed as one line)
         return exc.code if isinstance(exc.code, int) else 2
-    previous = {sig: signal.getsignal(sig) for sig in TERMINATION_SIGNALS}
+    previous = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
     _interrupt_on_termination()
     try:
         return int(args.handler(args) or 0)
     except ByzrsaError as exc:
         print(f"byzrsa: error: {_first_line(exc)}", file=sys.stderr)
+        _traceback(debug)
+        return 2
+    except OSError as exc:  # results that cannot be written (a full disk, a read-only folder) outside a run
+        from byzrsa.errors import WriteError
+
+        print(f"byzrsa: error: {WriteError.from_os(exc)}", file=sys.stderr)
+        _traceback(debug)
         return 2
     finally:
         for sig, handler in previous.items():  # main() called from Python leaves the caller's handlers as they were
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ or mistyped entry is one :class:`~byzrsa.errors.ConfigError` line.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from byzrsa.engines.common import CHECKPOINT_NAME
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, WriteError
 
 __all__ = ["FORMAT", "check_plain", "write_checkpoint", "read_checkpoint", "require", "save_simulator", "load_simulator"]
 
@@ -58,17 +59,27 @@ def check_plain(value: Any, where: str = "state") -> None:
 def write_checkpoint(state: dict[str, Any], folder: Path, engine: str) -> Path:
     """Write ``state`` (plain data, checked) to ``folder/checkpoint.pt`` through a temporary file and a rename.
 
-    The temporary file is removed if the write fails (a full disk): the old
-    checkpoint, if any, stays whole. The ``OSError`` is raised.
+    The temporary file is removed if the write fails (a full disk, a file-size
+    limit): the old checkpoint, if any, stays whole, and the error is a
+    :class:`~byzrsa.errors.WriteError` naming the file.
     """
     state = {"format": FORMAT, "engine": engine, **state}
     check_plain(state)
     path = folder / CHECKPOINT_NAME
     tmp = path.with_name(f".{CHECKPOINT_NAME}.tmp-{os.getpid()}")
-    folder.mkdir(parents=True, exist_ok=True)
+    # Serialised in memory first: torch's own file writer reports a full disk as a RuntimeError
+    # without the path or the cause; Python's write gives the OSError (ENOSPC, EFBIG, ...).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
-        torch.save(state, tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WriteError.from_os(exc, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

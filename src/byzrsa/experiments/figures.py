@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from byzrsa.errors import WriteError
 from byzrsa.experiments.claims import Result, lambda_of
+from byzrsa.experiments.folders import atomic_path
 from byzrsa.experiments.presets import Figure  # noqa: E402
 
 __all__ = ["STYLE", "draw_figure", "save_figure", "setting_title"]
@@ -54,9 +57,17 @@ def save_figure(fig: Any, folder: Path, stem: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
     fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
+    try:
+        for path in paths:  # through a temporary file: a full disk leaves the old figure, not half a new one
+            tmp = atomic_path(path)
+            try:
+                fig.savefig(tmp, dpi=130)
+                os.replace(tmp, path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise WriteError.from_os(exc, path) from None
+    finally:
+        plt.close(fig)
     return paths
 
 

@@ -15,23 +15,28 @@ unrelated process) is not taken for the run's own.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ConfigError, WriteError
 
 __all__ = [
     "MARKER", "RUN_FILES", "STATES", "atomic_write_text", "atomic_path", "check_folder", "run_state", "claim_folder",
-    "release_folder",
+    "release_folder", "remove_temporaries", "SUMMARY_FIELDS",
 ]
 
 MARKER = ".running"
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "accuracy.png", "checkpoint.pt", MARKER)
 # Every value run_state returns; only "completed" may be trusted as a finished run.
 STATES = ("missing", "running", "killed", "corrupt", "completed", "interrupted", "failed")
+# What reports and tables read from a completed run's summary.json: a summary without one of them is corrupt.
+SUMMARY_FIELDS = ("status", "method", "attack", "byzantine", "iterations", "final_accuracy", "best_accuracy",
+                  "final_train_loss", "planned_iterations")
 
 
 def atomic_path(path: Path) -> Path:
@@ -43,8 +48,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it: readers see the old file or the new one."""
     path = Path(path)
     tmp = atomic_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a size limit, a read-only folder: no half-written file stays
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WriteError.from_os(exc, path) from None
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Remove the temporary files this process left in ``folder`` (a write that failed half-way)."""
+    with contextlib.suppress(OSError):
+        for tmp in folder.glob(f".*.tmp-{os.getpid()}*"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def _read(path: str) -> str:
@@ -139,6 +157,8 @@ def run_state(folder: str | Path, iterations: int | None = None) -> str:
         return "corrupt"
     if status != "completed":
         return status if status in ("interrupted", "failed") else "corrupt"
+    if not isinstance(summary, dict) or any(key not in summary for key in SUMMARY_FIELDS) or not _config_ok(folder):
+        return "corrupt"  # reproduce and bench would fail reading it: they redo it instead
     target = iterations if iterations is not None else _planned(folder, summary)
     try:
         with open(folder / "metrics.csv", newline="") as handle:
@@ -147,6 +167,13 @@ def run_state(folder: str | Path, iterations: int | None = None) -> str:
         return "completed" if target is None or last >= int(target) else "corrupt"
     except (OSError, ValueError, KeyError, IndexError, TypeError, OverflowError, csv.Error):
         return "corrupt"
+
+
+def _config_ok(folder: Path) -> bool:
+    try:
+        return isinstance(json.loads((folder / "config.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _planned(folder: Path, summary: Any) -> Any:
@@ -168,24 +195,52 @@ def claim_folder(out: Path, *, overwrite: bool = False, resume: bool = False) ->
     run that fails before it starts leaves the old one as it was).
     """
     check_folder(out)
-    state = run_state(out)
-    if state == "running":
-        raise ConfigError(f"--out {out}: another byzrsa process is writing a run there; wait for it or choose another folder")
-    stale: list[Path] = []
-    if state != "missing" and not resume:
-        if not overwrite:
-            raise ConfigError(f"--out {out} already holds a run ({state}); add --overwrite to replace it, or choose another folder")
-        stale = [out / name for name in RUN_FILES if name != MARKER and (out / name).exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / MARKER, _marker_text())
+        fd = os.open(out, os.O_RDONLY)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        # Claims of one folder by several processes at once are serialised (an exclusive lock on the
+        # folder itself), so the state checked below is the state the marker is written over.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        state = run_state(out)
+        if state == "running":
+            raise ConfigError(f"--out {out}: another byzrsa process is writing a run there; wait for it or choose another folder")
+        stale: list[Path] = []
+        if state != "missing" and not resume:
+            if not overwrite:
+                raise ConfigError(f"--out {out} already holds a run ({state}); add --overwrite to replace it, or choose another folder")
+            stale = [out / name for name in RUN_FILES if name != MARKER and (out / name).exists()]
+        try:
+            if state == "killed":  # the dead process's marker: ours replaces it
+                (out / MARKER).unlink(missing_ok=True)
+            marker = os.open(out / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # created by us, or refused
+            try:
+                os.write(marker, _marker_text().encode())
+            finally:
+                os.close(marker)
+        except FileExistsError:
+            raise ConfigError(f"--out {out}: another byzrsa process is writing a run there; wait for it or choose another folder") from None
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                (out / MARKER).unlink()
+            raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)  # releases the lock
     return stale
 
 
 def release_folder(out: Path, summary: dict[str, Any] | None) -> None:
-    """Write the final ``summary.json`` atomically, then remove the marker (in that order)."""
-    if summary is not None:
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    (out / MARKER).unlink(missing_ok=True)
+    """Write the final ``summary.json`` atomically, then remove the marker (in that order).
+
+    The marker and this process's temporary files go also when the summary
+    cannot be written (a full disk): the :class:`WriteError` is raised after.
+    """
+    try:
+        if summary is not None:
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    finally:
+        remove_temporaries(out)
+        with contextlib.suppress(OSError):
+            (out / MARKER).unlink(missing_ok=True)

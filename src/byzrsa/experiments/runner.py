@@ -21,7 +21,7 @@ import torch
 from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.data import Dataset
 from byzrsa.engines.common import build_problem, validate
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ByzrsaError, ConfigError, WriteError
 from byzrsa.experiments.folders import atomic_path, atomic_write_text, claim_folder, release_folder
 from byzrsa.experiments.plots import plot_curves
 from byzrsa.decentralized import GRAPH_METRICS
@@ -134,17 +134,31 @@ def run(
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP through the CLI's handler
         status, error = "interrupted", (str(exc) or "SIGINT")
         raise
+    except OSError as exc:
+        if out_dir is None or isinstance(exc, ByzrsaError):
+            status, error = "failed", _one_line(exc)
+            raise
+        # A full disk, a file-size limit, a read-only folder: one line naming the file, not a traceback.
+        failure = WriteError.from_os(exc, out_dir)
+        status, error = "failed", _one_line(failure)
+        raise failure from None
     except BaseException as exc:
         status, error = "failed", _one_line(exc)
         raise
     finally:
+        in_flight = status != "completed"  # an exception is on its way out: a later error must not replace it
+        late: OSError | None = None
         torch.set_num_threads(threads_before)
         if stream is not None:
             stream.close()  # ends the engine now (the dist engine's processes), not at garbage collection
         if progress is not None:
             progress.close()
         if handle is not None:
-            handle.close()
+            try:
+                handle.close()
+            except OSError as exc:  # the last rows could not be flushed
+                late = WriteError.from_os(exc, out_dir / "metrics.csv")
+                status, error = ("failed", _one_line(late)) if not in_flight else (status, error)
         summary = _summary(config, rows, time.perf_counter() - started, status, error, extra) if rows else None
         if out_dir is not None:
             if rows:
@@ -154,9 +168,14 @@ def run(
                     os.replace(atomic_path(plot), plot)
                 except Exception:  # noqa: BLE001 - a plot that cannot be drawn must not lose the summary
                     atomic_path(plot).unlink(missing_ok=True)
-            release_folder(out_dir, summary)
+            try:
+                release_folder(out_dir, summary)  # removes the marker and temporary files whatever happens
+            except OSError as exc:
+                late = late or WriteError.from_os(exc, out_dir / "summary.json")
             if created and not rows:  # failed before anything was written: leave no folder behind
                 shutil.rmtree(out_dir, ignore_errors=True)
+        if late is not None and not in_flight:
+            raise late
     return summary
 
 
