@@ -32,6 +32,7 @@ def labels_and_m(draw, max_n=300):
 
 @settings(max_examples=60, deadline=None)
 @given(data=labels_and_m(), seed=st.integers(0, 2**32 - 1), alpha=st.floats(0.01, 100.0))
+@pytest.mark.slow
 def test_iid_and_dirichlet_cover_exactly_once_and_are_deterministic(data, seed, alpha):
     labels, m = data
     for scheme in ("iid", "dirichlet"):
@@ -170,3 +171,15 @@ def test_bad_m(m):
 def test_more_workers_than_samples(scheme):
     with pytest.raises(ConfigError, match="only 3"):
         partition([0, 1, 2], 4, scheme)
+
+
+def test_label_separated_gives_each_regular_worker_its_classes():
+    y = np.repeat(np.arange(10), 50)
+    parts = partition(y, 12, "label-separated", seed=0, byzantine=2)
+    assert [sorted(set(y[p].tolist())) for p in parts[:10]] == [[c] for c in range(10)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(500))  # disjoint, covering
+    assert all(len(p) == 500 // 12 for p in parts[10:])  # the Byzantine workers: n/m random samples each
+    fewer = partition(y, 8, "label-separated", seed=0, byzantine=2)
+    assert [sorted(set(y[p].tolist())) for p in fewer[:6]] == [[0, 6], [1, 7], [2, 8], [3, 9], [4], [5]]
+    more = partition(y, 25, "label-separated", seed=0, byzantine=5)
+    assert [sorted(set(y[p].tolist())) for p in more[:20]] == [[c % 10] for c in range(20)]

@@ -40,7 +40,7 @@ HELP: dict[str, str] = {
     "dataset": "mnist-sample (offline), mnist, fashion-mnist, digits or synthetic",
     "data_dir": "folder holding the dataset's IDX files (mnist, fashion-mnist)",
     "pixels": "raw (0..255, the paper's) or unit ([0, 1])",
-    "split": "iid, by-label (the paper's heterogeneous split), dirichlet, natural (synthetic) or sorted-shards",
+    "split": "iid, by-label (the paper's heterogeneous split), dirichlet, natural (synthetic), sorted-shards or label-separated (each regular worker its own classes)",
     "dirichlet_alpha": "dirichlet split: concentration alpha (smaller = more heterogeneous)",
     "heterogeneity": "synthetic data: how much the workers' distributions differ, in [0, 1]",
     "validation": "fraction of the training data held out as a validation set, reported in place of the test set (tuning)",

@@ -52,7 +52,7 @@ from byzrsa.errors import ConfigError, config_int, did_you_mean
 
 __all__ = ["SCHEMES", "partition"]
 
-SCHEMES: tuple[str, ...] = ("iid", "by-label", "dirichlet", "natural", "sorted-shards")
+SCHEMES: tuple[str, ...] = ("iid", "by-label", "dirichlet", "natural", "sorted-shards", "label-separated")
 
 
 def _as_int_array(values: Any, what: str) -> np.ndarray:
@@ -128,6 +128,28 @@ def _sorted_shards(labels: np.ndarray, m: int, byzantine: int, rng: np.random.Ge
     return list(np.array_split(rest, m - q)) + byz
 
 
+def _label_separated(labels: np.ndarray, m: int, byzantine: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Regular worker i holds the classes c with c = i (mod r) when r <= C, else class i mod C shared evenly
+    with the other holders of that class; the q Byzantine workers hold n/m random samples each (the IOS
+    paper's "each regular node one class" split: r = C = 10 there)."""
+    n = len(labels)
+    q = config_int(byzantine, "the number of Byzantine workers", minimum=0)
+    if q >= m:
+        raise ConfigError(f"the label-separated split needs at least one regular worker: got q={q} of m={m}")
+    r, per = m - q, n // m
+    order = rng.permutation(n).astype(np.int64)
+    byz = [np.sort(order[j * per:(j + 1) * per]) for j in range(q)]
+    rest = np.sort(order[q * per:])
+    classes = np.unique(labels[rest])
+    holders = {c: [i for i in range(r) if (c % r == i if r <= len(classes) else i % len(classes) == c)]
+               for c in range(len(classes))}
+    parts: list[list[np.ndarray]] = [[] for _ in range(r)]
+    for c, cls in enumerate(classes):
+        for i, piece in zip(holders[c], np.array_split(rest[labels[rest] == cls], len(holders[c]))):
+            parts[i].append(piece)
+    return [np.sort(np.concatenate(p)) if p else np.empty(0, np.int64) for p in parts] + byz
+
+
 def _natural(groups: Any, n: int, m: int) -> list[np.ndarray]:
     if groups is None:
         raise ConfigError(
@@ -175,7 +197,7 @@ def partition(
     groups
         ``(n,)`` worker of each sample in ``0..m-1`` (``natural`` only).
     byzantine
-        Number q of Byzantine workers, the last q (``sorted-shards`` only).
+        Number q of Byzantine workers, the last q (``sorted-shards`` and ``label-separated`` only).
 
     Returns
     -------
@@ -212,6 +234,8 @@ def partition(
         parts = _dirichlet(y, m, a, np.random.default_rng(seed))
     elif scheme == "sorted-shards":
         parts = _sorted_shards(y, m, byzantine, np.random.default_rng(seed))
+    elif scheme == "label-separated":
+        parts = _label_separated(y, m, byzantine, np.random.default_rng(seed))
     else:
         parts = _natural(groups, n, m)
     empty = [w for w, p in enumerate(parts) if len(p) == 0]
