@@ -598,3 +598,77 @@ def test_reproduce_redoes_a_stored_run_it_cannot_read(tmp_path):
         assert execute(runs, out, jobs=1, quiet=True)[0] == {}
         assert run_state(folder) == "completed", name
         assert json.loads((folder / "config.json").read_text()) == json.loads(good_config)
+
+
+# ------------------------------------------------------------------------------------ plugins
+
+PLUGIN_FAILURES = {
+    "raises": ("import math\nraise RuntimeError('the plugin is broken')\n",
+               "failed while importing: RuntimeError: the plugin is broken ({}.py, line 2)"),
+    "syntax": ("def rule(:\n    pass\n", "failed while importing: SyntaxError: "),
+    "needs": ("import a_package_nobody_installed_xyz\n",
+              "failed while importing: ModuleNotFoundError: No module named 'a_package_nobody_installed_xyz'"),
+    "twice": ("from byzrsa.attacks import ATTACKS, Attack\nfrom byzrsa.attacks.basic import honest\n"
+              "ATTACKS.register(Attack('sign-flip', honest, 'x', 'a second sign-flip'))\n",
+              "failed while importing: ValueError: attack 'sign-flip' is registered twice"),
+    "exits": ("import sys\nsys.exit(3)\n", "failed while importing: called sys.exit(3)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLUGIN_FAILURES))
+def test_a_plugin_that_fails_to_import_is_one_line_naming_it(tmp_path, monkeypatch, capsys, case):
+    name = f"broken_plugin_{case}_{uuid.uuid4().hex[:6]}"
+    source, expected = PLUGIN_FAILURES[case]
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for argv in (["run", *SMALL_FLAGS, "--plugins", name], ["run", "--list", "--plugins", name]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"plugin {name!r} " in err[0] and expected.format(name) in err[0], err
+    monkeypatch.setenv("BYZRSA_DEBUG", "1")
+    assert main(["run", *SMALL_FLAGS, "--plugins", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("byzrsa: error: plugin") and "Traceback" in err
+    assert main(["run", *SMALL_FLAGS, "--plugins", "no_such_plugin_module_xyz"]) == 2
+    assert "plugin 'no_such_plugin_module_xyz' cannot be imported" in capsys.readouterr().err
+
+
+FAILING_COMPONENT = '''
+import sys
+
+from byzrsa.attacks import ATTACKS, Attack
+
+
+def fails(regular, own, ctx):
+    if ctx.state.setdefault("round", 0) == 3:
+        {action}
+    ctx.state["round"] += 1
+    return regular.mean(dim=0).expand(own.shape[0], -1).clone()
+
+
+ATTACKS.register(Attack("{attack}", fails, "{attack}", "fails at its fourth round"))
+'''
+
+
+@pytest.mark.parametrize("action", ["raise ValueError('no regular messages I like')", "sys.exit(3)"],
+                         ids=["raises", "exits"])
+def test_a_plugin_component_failing_during_a_run_is_one_line_and_a_failed_summary(tmp_path, monkeypatch, capsys,
+                                                                                   action):
+    from byzrsa.attacks import ATTACKS
+
+    name, attack = f"failing_attack_{uuid.uuid4().hex[:6]}", f"fails-{uuid.uuid4().hex[:6]}"
+    (tmp_path / f"{name}.py").write_text(FAILING_COMPONENT.format(action=action, attack=attack))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "r"
+    try:
+        code = main(["run", *SMALL_FLAGS, "--plugins", name, "--attack", attack, "--byzantine", "1", "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        expected = "ValueError: no regular messages I like" if "raise" in action else "called sys.exit(3)"
+        assert f"plugin {name!r} failed during the run: {expected} ({name}.py, line 9)" in err[0], err
+        assert run_state(out) == "failed" and not (out / MARKER).exists()
+        assert expected in json.loads((out / "summary.json").read_text())["error"]
+        assert main(["--debug", "run", *SMALL_FLAGS, "--plugins", name, "--attack", attack, "--byzantine", "1"]) == 2
+        assert "Traceback" in capsys.readouterr().err
+    finally:
+        ATTACKS.unregister(attack)

@@ -21,6 +21,7 @@ import torch
 from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.data import Dataset
 from byzrsa.engines.common import build_problem, validate
+from byzrsa.engines.plugins import blame
 from byzrsa.errors import ByzrsaError, ConfigError, WriteError
 from byzrsa.experiments.folders import atomic_path, atomic_write_text, claim_folder, release_folder
 from byzrsa.experiments.plots import plot_curves
@@ -135,6 +136,10 @@ def run(
         status, error = "interrupted", (str(exc) or "SIGINT")
         raise
     except OSError as exc:
+        culprit = blame(exc, config.plugins, config.model)
+        if culprit is not None:
+            status, error = "failed", _one_line(culprit)
+            raise culprit from exc
         if out_dir is None or isinstance(exc, ByzrsaError):
             status, error = "failed", _one_line(exc)
             raise
@@ -143,7 +148,10 @@ def run(
         status, error = "failed", _one_line(failure)
         raise failure from None
     except BaseException as exc:
-        status, error = "failed", _one_line(exc)
+        culprit = blame(exc, config.plugins, config.model)  # a user's plugin raised (or called sys.exit)
+        status, error = "failed", _one_line(culprit or exc)
+        if culprit is not None:
+            raise culprit from exc
         raise
     finally:
         in_flight = status != "completed"  # an exception is on its way out: a later error must not replace it
