@@ -112,3 +112,29 @@ def test_a_network_with_dropout_agrees_for_any_block_size(monkeypatch, batching)
     assert sims[0].dropout is not None or batching == "vmap"
     torch.testing.assert_close(sims[0].workers, sims[1].workers, rtol=0, atol=1e-12)
     torch.testing.assert_close(sims[0].x0, sims[1].x0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget", ["1", "1G"])
+def test_local_variance_by_blocks_is_the_plain_sum(monkeypatch, budget):
+    from byzrsa.engines.common import local_variance
+
+    monkeypatch.setenv(BLOCK_BYTES_ENV, budget)
+    gen = torch.Generator().manual_seed(2)
+    regular, x0 = torch.randn(9, 13, generator=gen), torch.randn(13, generator=gen)
+    points = np.vstack([regular.double().numpy(), x0.double().numpy()[None]])
+    expected = float(((points - points.mean(axis=0)) ** 2).sum())
+    assert local_variance(regular, x0) == pytest.approx(expected, rel=1e-12)
+    kept = x0.clone()
+    assert local_variance(regular[:0], x0.double()) == 0.0 and torch.equal(x0, kept)
+
+
+def test_a_sampler_hands_its_block_over_and_draws_the_same_stream():
+    from byzrsa.engines.common import BATCH_BLOCK, BatchSampler
+
+    shard = torch.arange(100, 150)
+    one, other = BatchSampler(shard, 4, torch.Generator().manual_seed(1)), BatchSampler(shard, 4, torch.Generator().manual_seed(1))
+    one.next()
+    rows = [one.next_block(), one.next_block()]
+    assert one.state_dict()["block"].numel() == 0  # nothing kept after the hand-over
+    expected = torch.stack([other.next() for _ in range(2 * BATCH_BLOCK)])
+    assert torch.equal(torch.cat(rows), expected[1:])
