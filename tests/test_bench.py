@@ -168,6 +168,7 @@ def test_confidence_interval_is_students_t():
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_tiny_grid_writes_every_output(clean):
     out, result = clean
     assert not result["failures"]
@@ -227,6 +228,7 @@ def test_resume_runs_only_what_is_missing(clean, monkeypatch):
     assert json.loads((out / "cells.json").read_text())["cells"] == json.loads(before)["cells"]
 
 
+@pytest.mark.slow
 def test_tuning_never_reads_the_test_set(clean, tmp_path, monkeypatch):
     """The same grid on data whose test labels are poisoned: tuning must choose exactly as before."""
     import byzrsa.data

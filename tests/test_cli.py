@@ -120,6 +120,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.slow
 def test_bad_input_gives_one_clear_line(case, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -140,6 +141,7 @@ def test_bad_input_gives_one_clear_line(case, tmp_path):
     assert not (out / "metrics.csv").exists()  # stopped before any training
 
 
+@pytest.mark.slow
 def test_interrupted_run_leaves_valid_metrics(tmp_path):
     out = tmp_path / "long"
     proc = subprocess.Popen(

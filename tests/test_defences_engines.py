@@ -158,6 +158,7 @@ def dist_helpers():
 
 @pytestmark_dist
 @pytest.mark.parametrize("case", list(DIST_CASES))
+@pytest.mark.slow
 def test_dist_matches_simulator(tmp_path, dist_helpers, case):
     dist_helpers.dist_matches_sim(tmp_path, make_config(**{**DIST_BASE, **DIST_CASES[case]}))
 

@@ -147,6 +147,7 @@ def test_cli_engine_dist_matches_simulator(tmp_path):
     assert json.loads((out / "config.json").read_text())["engine"] == "dist"
 
 
+@pytest.mark.slow
 def test_torchrun_one_node_matches_simulator(tmp_path):
     """Also: a worker that hangs at the end is dropped, and does not keep torchrun waiting."""
     if shutil.which("torchrun") is None:
@@ -242,6 +243,7 @@ def test_interrupted_run_ends_its_workers():
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+@pytest.mark.slow
 def test_crashed_master_ends_workers_and_resume_reaches_the_same_result(tmp_path, monkeypatch):
     c = config(method="rsa", attack="gaussian", iterations=20, eval_every=5, checkpoint_every=10)
     toml = write_toml(c, tmp_path / "run.toml")

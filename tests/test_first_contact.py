@@ -35,6 +35,7 @@ def _probe(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("settings", [{}, {"method": "trimmed-mean", "pre": "nnm"}], ids=["rsa", "trimmed-mean+nnm"])
+@pytest.mark.slow
 def test_defaults_train(settings):
     """The default pixels suit the default step size: 300 iterations of a bare run already reach 0.85.
 

@@ -185,6 +185,7 @@ def _simulate(tmp_path: Path, c, **settings) -> tuple[dict, torch.Tensor, list[d
     dict(method="median", attack="alie"),  # the server-side omniscient adversary
     dict(method="krum", attack="gaussian", workers=5, **{"attack.std": 3.0}),
 ], ids=["rsa-sign-flip", "median-alie", "krum-gaussian"])
+@pytest.mark.slow
 def test_simulation_engine_matches_the_simulator(tmp_path, settings):
     c = config(**settings)
     summary, trajectory, rows = _simulate(tmp_path, c)
@@ -231,6 +232,7 @@ def _end(marker: str, started: list[subprocess.Popen]) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process accounting reads /proc")
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flower-superlink is not on PATH")
+@pytest.mark.slow
 def test_deployment_superlink_and_three_supernodes(tmp_path):
     marker = f"BYZRSA_FLOWER_TEST={uuid.uuid4().hex}"
     link, *node_ports = _free_ports(4)

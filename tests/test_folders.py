@@ -108,6 +108,7 @@ def test_a_run_that_fails_midway_says_failed(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.slow
 def test_termination_signals_end_a_run_like_ctrl_c(tmp_path, sig):
     out, marker = tmp_path / "r", f"byzrsa-test-{uuid.uuid4()}"
     proc = _long_run(out, marker)
@@ -125,6 +126,7 @@ def test_termination_signals_end_a_run_like_ctrl_c(tmp_path, sig):
     assert run_state(out) == "interrupted" and marked_processes(marker) == []
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_never_taken_for_a_finished_one(tmp_path):
     out, marker = tmp_path / "r", f"byzrsa-test-{uuid.uuid4()}"
     proc = _long_run(out, marker)
@@ -139,6 +141,7 @@ def test_a_killed_run_is_never_taken_for_a_finished_one(tmp_path):
     assert run(SMALL, out, overwrite=True)["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_reproduce_redoes_corrupt_and_truncated_runs(tmp_path):
     from byzrsa.experiments.paper import execute, is_done, run_folder
     from byzrsa.experiments.plan import base_settings, plan
@@ -171,6 +174,7 @@ def test_refused_concurrent_reproduce_writes_nothing(tmp_path):
     dict(method="cclip", pre="bucketing", momentum=0.9, attack="alie"),
     dict(method="median", attack="gaussian"),
 ])
+@pytest.mark.slow
 def test_sim_resume_equals_the_uninterrupted_run(tmp_path, settings):
     """Issue 9: a checkpointed simulator run resumed from its folder follows the uninterrupted trajectory exactly."""
     import torch
@@ -189,6 +193,7 @@ def test_sim_resume_equals_the_uninterrupted_run(tmp_path, settings):
         assert whole[key] == resumed[key]
 
 
+@pytest.mark.slow
 def test_sigterm_ends_reproduce_and_its_pool(tmp_path):
     """Issue 9: a SIGTERMed reproduction left its pool workers and resource tracker running and writing."""
     out, marker = tmp_path / "rep", f"byzrsa-test-{uuid.uuid4()}"
@@ -213,6 +218,7 @@ def test_sigterm_ends_reproduce_and_its_pool(tmp_path):
     assert sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith(".")) == finished
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_dist_run_and_its_worker_processes(tmp_path):
     out, marker = tmp_path / "d", f"byzrsa-test-{uuid.uuid4()}"
     proc = subprocess.Popen(

@@ -184,6 +184,7 @@ def user_module(tmp_path, monkeypatch):
     sys.modules.pop("my_nets", None)
 
 
+@pytest.mark.slow
 def test_user_factory_by_import_path(user_module):
     model = build_model(f"{user_module}:Tiny", SHAPE, 10, {"width": "5", "act": "tanh"})  # strings coerced
     assert isinstance(model, TorchModel) and model.dim == 784 * 5 + 5 + 5 * 10 + 10
@@ -224,6 +225,7 @@ def test_user_factory_errors_are_one_line(user_module, name, options, match):
     ("mlp", "chain"), ("mlp", "vmap"), ("mlp", "loop"),
     ("lenet5", "vmap"), ("lenet5", "loop"), ("cnn", "vmap"), ("cnn", "loop"),
 ])
+@pytest.mark.slow
 def test_every_path_matches_the_reference_in_float64(name, batching, shared):
     model = build_model(name, SHAPE, 10, {"batching": batching})
     w, x, y = batch(model, shared=shared)
@@ -264,6 +266,7 @@ def test_softmax_features_do_not_depend_on_the_image_layout():
 # --------------------------------------------------------------------------- dropout and evaluation
 
 
+@pytest.mark.slow
 def test_dropout_streams_are_per_worker_and_deterministic():
     model = build_model("cnn", SHAPE, 10)
     w, x, y = batch(model, m=3)
@@ -347,6 +350,7 @@ def test_alpha_dropout_is_refused():
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "lenet5"])
+@pytest.mark.slow
 def test_init_is_deterministic_from_the_generator(name):
     before = torch.random.get_rng_state()
     a = build_model(name, SHAPE, 10)
@@ -388,6 +392,7 @@ def _train(model, ds, steps: int, lr: float, n_train: int = 3000, seed: int = 0)
     return evaluate(model, w, ds.test_x[:1000].float(), ds.test_y[:1000])[0]
 
 
+@pytest.mark.slow
 def test_lenet5_learns_mnist_digits():
     ds = load_dataset("mnist-sample")
     assert ds.train_x.shape[1:] == SHAPE

@@ -111,6 +111,7 @@ def test_resolve_and_settings():
         base_settings("mnist-sample", overrides=["no_such_key=1"])
 
 
+@pytest.mark.slow
 def test_reproduce_fig4a_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "quick"
     args = ["reproduce", "fig4a", "--quick", "--iterations", "20", "--jobs", "1", "--out", str(out), "--quiet"]
@@ -157,6 +158,7 @@ def test_list_prints_presets(capsys):
         assert name + ":" in text
 
 
+@pytest.mark.slow
 def test_tune_grid_picks_the_best(tmp_path, capsys):
     from byzrsa.experiments.tune import parse_grid
 

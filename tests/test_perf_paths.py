@@ -114,6 +114,7 @@ def plain_sq_dists(y: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.slow
 def test_krum_bookkeeping_is_the_plain_form(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(3)
     for m in (3, 7, 12, 20):
@@ -196,6 +197,7 @@ def test_gram_iteration_returns_an_optimal_vertex_exactly(monkeypatch) -> None:
     assert torch.equal(explicit(x, monkeypatch)[0], x[2])
 
 
+@pytest.mark.slow
 def test_gram_iteration_keeps_float64_accuracy_at_large_d(monkeypatch) -> None:
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(10, 200_000, generator=gen, dtype=F64) + 1e3  # columns split over blocks of 2^16
@@ -391,6 +393,7 @@ def test_load_does_not_change_a_runs_thread_count_mid_process(monkeypatch) -> No
     assert default_threads(cores=3, busy=9.0) == 1
 
 
+@pytest.mark.slow
 def test_training_on_mnist_sample_is_unchanged_by_the_fast_paths() -> None:
     """A short paper-setting run per rule: every path still trains (accuracy well above chance)."""
     ds = load_dataset("mnist-sample", pixels="raw", workers=20, quiet=True)
@@ -417,6 +420,7 @@ def test_device_median_is_the_host_median(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.slow
 def test_device_krum_reads_nothing_and_selects_what_the_host_path_selects(dtype: torch.dtype, monkeypatch) -> None:
     gen = torch.Generator().manual_seed(6)
     cases = []

@@ -42,6 +42,7 @@ def simulate_and_compare(dataset, **settings):
 
 @pytest.mark.parametrize("norm", ["l1", "l2", "linf", "3"])
 @pytest.mark.parametrize("attack", ["same-value", "sign-flip", "non-finite", "gaussian", "copy", "negated-copy"])
+@pytest.mark.slow
 def test_rsa_matches_reference(synthetic, norm, attack):
     sim = simulate_and_compare(synthetic, method="rsa", norm=norm, attack=attack, attack_value=math.inf)
     assert torch.isfinite(sim.x0).all()  # nothing a Byzantine worker sends can poison x0
@@ -54,6 +55,7 @@ def test_rsa_master_orders_match_reference(synthetic, order):
 
 @pytest.mark.parametrize("method", ["sgd", "ideal-sgd", "geomed", "krum", "median", "trimmed-mean", "multi-krum"])
 @pytest.mark.parametrize("attack", ["sign-flip", "copy", "negative-sum", "gaussian", "same-value", "negated-copy"])
+@pytest.mark.slow
 def test_baselines_match_reference(synthetic, method, attack):
     simulate_and_compare(synthetic, method=method, attack=attack, geomed_tol=1e-15, geomed_max_iter=5000)
 

@@ -68,6 +68,7 @@ def test_byzantine_error_grows_with_q(quadratic):
     assert errors[0] < errors[1] < errors[2]
 
 
+@pytest.mark.slow
 def test_softmax_lambda0_is_an_optimality_certificate():
     config = RunConfig(dataset="synthetic", split="natural", workers=4, heterogeneity=0.5, mu=1.0, dtype="float64")
     obj = objective_from_config(config)
@@ -85,6 +86,7 @@ def test_fit_slope():
     assert fit_slope(ks, [1 / k for k in ks]) == pytest.approx(-1.0)
 
 
+@pytest.mark.slow
 def test_lambda0_command(capsys):
     code = main(["lambda0", "--dataset", "synthetic", "--split", "natural", "--workers", "4", "--heterogeneity", "0.5",
                  "--mu", "1", "--lam", "10"])
