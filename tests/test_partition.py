@@ -33,7 +33,6 @@ def labels_and_m(draw, max_n=300):
 @settings(max_examples=60, deadline=None)
 @given(data=labels_and_m(), seed=st.integers(0, 2**32 - 1), alpha=st.floats(0.01, 100.0))
 @pytest.mark.slow
-@pytest.mark.slow
 def test_iid_and_dirichlet_cover_exactly_once_and_are_deterministic(data, seed, alpha):
     labels, m = data
     for scheme in ("iid", "dirichlet"):

@@ -75,7 +75,6 @@ def _published(out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_tune_ended_by_a_group_sigterm_leaves_no_process_and_valid_folders(tmp_path):
     """A batch scheduler signals the whole process group: the command, its pool workers and the tracker."""
     out, marker = tmp_path / "tune", f"byzrsa-test-{uuid.uuid4()}"
@@ -97,7 +96,6 @@ def test_tune_ended_by_a_group_sigterm_leaves_no_process_and_valid_folders(tmp_p
         _end(marker)
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_sigkilled_reproduce_takes_its_pool_with_it(tmp_path):
     """SIGKILL cannot be handled: the pool workers notice their parent's death, end, and publish nothing."""
@@ -190,7 +188,6 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_starts(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_resume_never_writes_into_a_folder_holding_another_run(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     run({**SMALL, "checkpoint_every": 10}, a)
@@ -234,7 +231,6 @@ RESUMED = [
 
 
 @pytest.mark.parametrize("settings", RESUMED, ids=["rsa-linf-signflip", "cclip-bucketing-dropout", "krum-ipm"])
-@pytest.mark.slow
 @pytest.mark.slow
 def test_resumed_trajectory_equals_the_uninterrupted_one_everywhere(tmp_path, monkeypatch, settings):
     """Every metrics row and every piece of saved state equal, bit for bit, in float64 (time aside)."""
