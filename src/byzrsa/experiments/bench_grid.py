@@ -35,6 +35,7 @@ __all__ = [
     "Grid",
     "Level",
     "MethodSpec",
+    "Published",
     "Tuning",
     "describe_grid",
     "grid_from_dict",
@@ -98,6 +99,25 @@ class Tuning:
 
 
 @dataclass(frozen=True)
+class Published:
+    """Published results of the experiment a grid mirrors, for one (level, q, attack) of the grid.
+
+    ``values``: method label -> the published final accuracy; ``order``: (better,
+    worse) pairs the source states without a number; ``source``: paper and
+    table or figure (or released logs); ``differences``: how byzrsa's setting
+    differs (dataset, model, seeds, ...). Labels are the grid's.
+    """
+
+    level: str
+    q: int
+    attack: str
+    source: str
+    values: Mapping[str, float] = field(default_factory=dict)
+    order: tuple[tuple[str, str], ...] = ()
+    differences: str = ""
+
+
+@dataclass(frozen=True)
 class Grid:
     """A benchmark grid: see the module docstring."""
 
@@ -112,6 +132,7 @@ class Grid:
     seeds: tuple[int, ...] = (0, 1, 2)
     tuning: Tuning = field(default_factory=Tuning)
     notes: tuple[str, ...] = ()
+    published: tuple[Published, ...] = ()
 
     def with_changes(self, **changes: Any) -> Grid:
         return replace(self, **changes)
@@ -290,5 +311,6 @@ def describe_grid(grid: Grid) -> str:
         f"tau (cclip) {[round(f, 4) for f in t.tau]}, up to {t.extensions} extension(s) per key past an edge"
         + (f", {t.iterations} iterations" if t.iterations else ""),
         *(f"  note: {n}" for n in grid.notes),
+        *(f"  published: {p.level}, q={p.q}, {p.attack}: {p.source}" for p in grid.published),
     ]
     return "\n".join(lines)

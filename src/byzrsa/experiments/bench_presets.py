@@ -27,6 +27,8 @@ from byzrsa.experiments.bench_grid import (
     load_grid,
     resolve_f,
 )
+from byzrsa.experiments.bench_published import EXP3_PUBLISHED, RSA_PAPER_PUBLISHED
+from byzrsa.experiments.graph_presets import GRAPH_PRESETS
 
 __all__ = ["PRESETS", "QUICK", "PAPER_PLUS", "FMNIST_CNN", "BUCKETING_EXP3", "describe_presets",
            # the grid's types, for convenience
@@ -46,6 +48,11 @@ ALIE = _attack("ALIE", "alie")
 IPM = _attack("IPM 0.1", "ipm", epsilon=0.1)
 MIMIC = _attack("mimic", "mimic")
 LABEL_FLIP = _attack("label-flip", "label-flip")
+ZERO = _attack("zero", "same-value", c=0.0)  # every Byzantine worker sends the zero vector
+NEGATED_COPY = _attack("negated copy", "negated-copy")
+
+#: named presets publish with at least five seeds: paired comparisons over 5 seeds have 4 degrees of freedom
+SEEDS = (0, 1, 2, 3, 4)
 
 
 def _m(label: str, method: str, lr: float, **settings: Any) -> MethodSpec:
@@ -77,8 +84,10 @@ QUICK = Grid(
     methods=(
         # RSA's worst case (sign-flip) wants a small lambda at 200 iterations: a sweep on a validation split
         # (docs/bench.md, "Starting points") found it near 1e-4..3e-4, so lambda searches 3e-5..2.7e-3
-        MethodSpec("RSA", {"method": "rsa", "lr": 9.0, "norm": "l1", "lam": 3e-4},
-                   {"lam": (1 / 9, 1 / 3, 1.0, 3.0, 9.0)}),
+        MethodSpec("RSA l1", {"method": "rsa", "lr": 9.0, "norm": "l1", "lam": 3e-4}),
+        # l2's penalty acts on the whole vector, so its lambda is larger: Theorem 1's lambda0 is 8-12x l1's on
+        # these splits (byzrsa lambda0), and the paper's l2 lambda is 20x its l1 lambda (1.4 vs 0.07, raw pixels)
+        MethodSpec("RSA l2", {"method": "rsa", "lr": 9.0, "norm": "l2", "lam": 3e-3}),
         _m("Ideal SGD", "ideal-sgd", 3.0),
         _m("SGD", "sgd", 3.0),
         _m("Median", "median", 0.9),
@@ -90,7 +99,7 @@ QUICK = Grid(
     ),
     attacks=(NONE, SIGN_FLIP, ALIE, IPM, MIMIC, LABEL_FLIP),
     byzantine=(4,),
-    seeds=(0, 1, 2),
+    seeds=SEEDS,
     tuning=Tuning(validation=0.2, seeds=(0,)),
 )
 
@@ -106,7 +115,8 @@ PAPER_PLUS = Grid(
           "iterations": 5000, "eval_every": 100, "lr_schedule": "sqrt", "mu": 0.01},
     levels=LEVELS,
     methods=(
-        _m("RSA", "rsa", 0.001, norm="l1", lam=0.07),
+        _m("RSA l1", "rsa", 0.001, norm="l1", lam=0.07),
+        _m("RSA l2", "rsa", 0.001, norm="l2", lam=1.4),  # the paper's fig 8 values
         _m("Ideal SGD", "ideal-sgd", 1e-4),
         _m("SGD", "sgd", 1e-4),
         _m("GeoMed", "geomed", 1e-4),
@@ -124,9 +134,11 @@ PAPER_PLUS = Grid(
     ),
     attacks=(NONE, _attack("same-value", "same-value", c=100.0), SIGN_FLIP, ALIE, IPM,
              _attack("min-max", "min-max"), _attack("min-sum", "min-sum"), MIMIC, LABEL_FLIP,
-             _attack("ALIE-opt", "alie-opt"), _attack("IPM-opt", "ipm-opt"), _attack("RSA-aware", "rsa-aware")),
+             _attack("ALIE-opt", "alie-opt"), _attack("IPM-opt", "ipm-opt"), _attack("RSA-aware", "rsa-aware"),
+             ZERO, NEGATED_COPY, _attack("copy", "copy", copy_from=1)),
     byzantine=(4, 8),
-    seeds=(0, 1, 2),
+    seeds=SEEDS,
+    published=RSA_PAPER_PUBLISHED,
     notes=("Bulyan needs m >= 4f + 3: its q = 8 cells are not applicable with m = 20.",),
 )
 
@@ -140,7 +152,8 @@ FMNIST_CNN = Grid(
           "iterations": 2000, "eval_every": 100, "lr_schedule": "constant", "mu": 0.0},
     levels=LEVELS,
     methods=(
-        _m("RSA", "rsa", 1.0, norm="l1", lam=0.01),
+        _m("RSA l1", "rsa", 1.0, norm="l1", lam=0.01),
+        _m("RSA l2", "rsa", 1.0, norm="l2", lam=0.1),  # l2's lambda about 10x l1's, as on mnist-sample
         _m("Ideal SGD", "ideal-sgd", 0.05, momentum=0.9),
         _m("SGD", "sgd", 0.05, momentum=0.9),
         _m("Median", "median", 0.05, momentum=0.9),
@@ -152,9 +165,9 @@ FMNIST_CNN = Grid(
         _bucketing(_FM_CCLIP),
         _nnm(_FM_CCLIP),
     ),
-    attacks=(NONE, SIGN_FLIP, ALIE, IPM, _attack("min-max", "min-max"), MIMIC, LABEL_FLIP),
+    attacks=(NONE, SIGN_FLIP, ALIE, IPM, _attack("min-max", "min-max"), MIMIC, LABEL_FLIP, ZERO, NEGATED_COPY),
     byzantine=(4,),
-    seeds=(0, 1, 2),
+    seeds=SEEDS,
 )
 
 # bucketing-exp3: Karimireddy, He, Jaggi (ICLR 2022), experiment 3. Their workers keep a momentum
@@ -186,7 +199,8 @@ BUCKETING_EXP3 = Grid(
           "iterations": 600, "eval_every": 30, "lr_schedule": "constant", "mu": 0.0},
     levels=(SORTED,),
     methods=(
-        _m("RSA", "rsa", 2.5, norm="l1", lam=1e-4),
+        _m("RSA l1", "rsa", 2.5, norm="l1", lam=1e-4),
+        _m("RSA l2", "rsa", 2.5, norm="l2", lam=1e-3),  # l2's lambda about 10x l1's, as on mnist-sample
         _e3("Ideal SGD", "ideal-sgd"),
         _e3("SGD", "sgd"),
         *_E3_AGGS,
@@ -194,7 +208,8 @@ BUCKETING_EXP3 = Grid(
     ),
     attacks=(NONE, ALIE, IPM, LABEL_FLIP, MIMIC, BIT_FLIP),
     byzantine=(5,),
-    seeds=(0, 1, 2),
+    seeds=SEEDS,
+    published=EXP3_PUBLISHED,
     tuning=Tuning(validation=0.1, seeds=(0,), lr=(0.5, 1.0, 2.0), lam=(1 / 3, 1.0, 3.0), tau=(1.0,)),
     notes=(
         "Momentum: the paper's lr 0.01 with m = 0.9 m + g equals lr 0.1 with byzrsa's m = 0.9 m + 0.1 g.",
@@ -206,7 +221,7 @@ BUCKETING_EXP3 = Grid(
 )
 
 #: Named grids, as listed by ``byzrsa bench --list``.
-PRESETS: dict[str, Grid] = {g.name: g for g in (QUICK, PAPER_PLUS, FMNIST_CNN, BUCKETING_EXP3)}
+PRESETS: dict[str, Grid] = {g.name: g for g in (QUICK, PAPER_PLUS, FMNIST_CNN, BUCKETING_EXP3, *GRAPH_PRESETS)}
 
 
 def describe_presets(presets: Sequence[Grid] | None = None) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 from byzrsa.experiments.bench_stats import CellResult, by_scenario, collect, compare, paired_difference, run_rows
 from byzrsa.experiments.bench_stats import final_accuracy
+from byzrsa.experiments.bench_published import published_section
 from byzrsa.experiments.bench_tune import format_tuning
 
 __all__ = ["write_report", "verdicts", "final_accuracy", "CSV_COLUMNS"]
@@ -335,6 +336,7 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
                 + (f"; no interval to decide (one seed) in {c['no interval']}" if c["no interval"] else "")
                 + "." + (f" Largest loss: {largest[r][1]}." if r in largest else ""))
         lines += ["", *breaks, ""]
+    lines += published_section(grid.published, results)
     lines += sections
     na = [r for r in results if r.na]
     if na:
@@ -352,6 +354,11 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
               f"- heatmaps: {', '.join(f'`{w}`' for w in written)}.",
               "- accuracy curves per cell: `byzrsa bench ... --curves all` (or an attack or level name) writes "
               "`curves/`.", "- `runs/KEY/`: each run's config.json, metrics.csv and summary.json.", ""]
+    # Which folder feeds which cell (the tuning runs are listed in tuning.md).
+    lines += ["## Run folders", "", "| level | q | f | method | attack | seed: folder in `runs/` |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.scenario.level} | {r.scenario.q} | {r.scenario.f} | {r.method} | {r.attack} | "
+              + ", ".join(f"{seed}: `{key}`" for seed, key in sorted(r.keys.items())) + " |" for r in results]
+    lines.append("")
     meta = {"grid": grid.name, "untuned": plan.untuned, "seeds": list(grid.seeds), "timing": dict(timing),
             "chosen": [{"method": m, "level": lv, "values": v} for (m, lv), v in values.items()]}
     _write_cells(out, _cells_rows(results, values, plan.untuned), meta)
