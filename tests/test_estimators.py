@@ -79,6 +79,22 @@ def test_residual_table_equals_the_full_table_bit_for_bit():
         torch.testing.assert_close(large.table[j], grad, rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("shared", [False, True], ids=["distinct", "shared"])
+def test_per_sample_gradients_of_the_chain_equal_vmaps(activation, shared):
+    """The MLP's hand-written per-sample path against torch.func's vmap(grad), and their mean the minibatch gradient."""
+    options = {"hidden": 5, "activation": activation}
+    chain = build_model("mlp", (1, 4, 4), 3, options)
+    vmapped = build_model("mlp", (1, 4, 4), 3, {**options, "batching": "vmap"})
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(3, chain.dim, generator=g, dtype=torch.float64)
+    w = w[:1].expand(3, -1) if shared else w
+    x, y = torch.randn(3, 4, 1, 4, 4, generator=g, dtype=torch.float64), torch.randint(3, (3, 4), generator=g)
+    got = chain.sample_grads(w, x, y)
+    torch.testing.assert_close(got, vmapped.sample_grads(w, x, y), rtol=0, atol=1e-14)
+    torch.testing.assert_close(got.mean(dim=1), chain.grad(w, x, y), rtol=0, atol=1e-14)
+
+
 def test_saga_state_is_plain_and_reloads():
     model, data, x, y, shard, start, away = toy("softmax")
     state = init_state("lsvrg", {"p": 0.5}, data, start, [torch.Generator().manual_seed(3)])

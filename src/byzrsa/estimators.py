@@ -174,7 +174,7 @@ def _first_occurrences(ids: Tensor) -> Tensor:
 
 
 def _uses_residuals(model: Any) -> bool:
-    return hasattr(model, "sample_residuals") and hasattr(model, "combine")
+    return hasattr(model, "sample_residuals") and hasattr(model, "combine_rows")
 
 
 def full_gradient(model: Any, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -221,24 +221,29 @@ def saga(state: VRState, data: LocalData, rows: slice | Tensor, w: Tensor, x: An
     """SAGA's estimate for ``rows`` at ``w (a, d)`` on minibatch ``x, y (a, b)`` with ids ``(a, b)``; updates their table rows."""
     b = y.shape[1]
     pos = state.positions(rows, ids)
-    first = _first_occurrences(ids)
-    once = bool(first.all())
+    first = _first_occurrences(ids).to(w.dtype)
     sizes = state.sizes[rows].unsqueeze(1)
     model = data.model
+    average = state.average[rows]
     if state.residual:
         xs = _dense(x)
         new = model.sample_residuals(w, xs, y)  # (a, b, k)
         delta = new - state.table[pos]
-        correction = model.combine(xs, delta)  # sum over the batch, (a, d)
-        counted = correction if once else model.combine(xs, delta * first.unsqueeze(2))
+        # the estimate's sum (every draw, / b) and the average's (each sample once, / J) in one
+        # product: two coefficient sets over the same samples cost little more than one
+        k = delta.shape[2]
+        both = torch.cat([delta / b, delta * (first / sizes).unsqueeze(2)], dim=2)
+        sums = model.combine_rows(xs, both)  # (a, 2k, n), the samples read once
+        out = sums[:, :k].reshape(average.shape) + average  # before the average moves: the old table's mean
+        state.average[rows] = average + sums[:, k:].reshape(average.shape)
     else:
         new = model.sample_grads(w, x, y)  # (a, b, d)
-        delta = new - state.table[pos]
-        correction = delta.sum(dim=1)
-        counted = correction if once else (delta * first.unsqueeze(2)).sum(dim=1)
-    average = state.average[rows]
-    out = correction / b + average  # before the average moves: it is the old table's mean
-    state.average[rows] = average + counted / sizes
+        # both sums (every draw / b; each sample once / J) as one (a, 2, b) product with the new rows
+        # and one with the old ones: the (a, b, d) rows are read once each, no difference is written
+        weights = torch.stack([torch.full_like(sizes.expand(-1, b), 1.0 / b), first / sizes], dim=1)
+        sums = torch.bmm(weights, new).sub_(torch.bmm(weights, state.table[pos]))
+        out = sums[:, 0] + average  # before the average moves: the old table's mean
+        state.average[rows] = average + sums[:, 1]
     state.table[pos] = new  # duplicates write the same numbers
     return out
 

@@ -230,7 +230,10 @@ class SoftmaxRegression:
         log-sum-exp shift and the floor on the probabilities), without the 1/b.
         """
         m, b, n1 = x.shape
-        logits = torch.bmm(w.view(m, self.num_classes, n1), x.transpose(1, 2))  # (m, C, b)
+        if w.stride(0) == 0:  # one model shared by every worker: one product, as in _residual
+            logits = (x.reshape(m * b, n1) @ w[0].view(self.num_classes, n1).T).view(m, b, -1).transpose(1, 2)
+        else:
+            logits = torch.bmm(w.view(m, self.num_classes, n1), x.transpose(1, 2))  # (m, C, b)
         z = logits - logits.amax(dim=1, keepdim=True)
         z.clamp_min_(math.log(torch.finfo(z.dtype).tiny * self.num_classes) + 1.0)
         e = z.exp_()
@@ -241,7 +244,11 @@ class SoftmaxRegression:
 
     def combine(self, x: Tensor, coefficients: Tensor) -> Tensor:
         """``sum_j c_j (outer) x_j`` per row, ``(m, dim)``, for ``x (m, b, n + 1)`` and residual-like ``c (m, b, C)``."""
-        return torch.bmm(coefficients.transpose(1, 2), x).reshape(x.shape[0], self.dim)
+        return self.combine_rows(x, coefficients).reshape(x.shape[0], self.dim)
+
+    def combine_rows(self, x: Tensor, coefficients: Tensor) -> Tensor:
+        """``sum_j c_j (outer) x_j`` per row as ``(m, k, n + 1)``, for any number k of coefficients per sample."""
+        return torch.bmm(coefficients.transpose(1, 2), x)
 
     def sample_grads(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Each sample's gradient ``(m, b, dim)``: its residual times its features."""
