@@ -212,6 +212,19 @@ def test_tiny_grid_writes_every_output(clean):
     assert all(c["values"] == chosen[(c["method"], c["level"])] for c in cells)
 
 
+@pytest.mark.slow
+def test_report_maps_every_run_folder_to_its_cell(clean):
+    out, _ = clean
+    report = (out / "report.md").read_text()
+    table = report[report.index("## Run folders"):]
+    for cell in json.loads((out / "cells.json").read_text())["cells"]:
+        row = next(line for line in table.splitlines()
+                   if line.startswith(f"| {cell['level']} | {cell['q']} | {cell['f']} | {cell['method']} | {cell['attack']} |"))
+        for seed, key in cell["run_keys"].items():
+            assert f"{seed}: `{key}`" in row and (out / "runs" / key / "summary.json").is_file()
+
+
+@pytest.mark.slow
 def test_resume_runs_only_what_is_missing(clean, monkeypatch):
     out, _ = clean
     before = (out / "cells.json").read_text()

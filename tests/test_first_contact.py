@@ -186,3 +186,55 @@ def test_matching_settings_do_not_warn(capsys):
     code = main(["run", "--attack", "sign-flip", "--byzantine", "1", "--dataset", "digits", "--workers", "5",
                  "--iterations", "1", "--eval-every", "1", "--quiet"])
     assert code == 0 and capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def test_run_folder_records_what_produced_it(tmp_path):
+    import platform
+    import re
+
+    import torch
+
+    import byzrsa
+
+    out = tmp_path / "r"
+    assert main(["run", "--dataset", "digits", "--workers", "4", "--iterations", "4", "--eval-every", "2",
+                 "--quiet", "--out", str(out)]) == 0
+    recorded = json.loads((out / "config.json").read_text())["provenance"]
+    summary = json.loads((out / "summary.json").read_text())["provenance"]
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    for origin in (recorded, summary):
+        assert origin["byzrsa"] == byzrsa.__version__
+        assert origin["python"] == platform.python_version() and origin["torch"] == torch.__version__
+        assert origin["cpu"] and origin["gpu"] is None
+        assert re.fullmatch(stamp, origin["started"])
+        assert origin["commit"] is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", origin["commit"])
+    assert re.fullmatch(stamp, summary["finished"]) and summary["finished"] >= summary["started"]
+    assert load_config(out / "config.json") == load_config(out / "config.json").replace()  # provenance is no setting
+
+
+def test_git_commit_is_recorded_from_a_checkout_and_fails_silently_without_git(monkeypatch):
+    import subprocess as sp
+
+    from byzrsa.experiments import folders
+
+    repo = sp.run(["git", "-C", os.path.dirname(folders.__file__), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if repo.returncode == 0:
+        assert folders._git_commit().startswith(repo.stdout.strip())
+    monkeypatch.setenv("PATH", "")  # no git to be found
+    assert folders._git_commit() is None
+
+
+def test_reproduce_report_maps_every_run_folder_to_its_lines():
+    from byzrsa.experiments.plan import base_settings, plan
+    from byzrsa.experiments.report import folders_section
+
+    the_plan = plan(["fig4a", "fig3"], base_settings("mnist-sample", iterations=10))
+    table = folders_section(the_plan)
+    for figure, lines in the_plan.lines.items():
+        for label, key in lines.items():
+            row = next(line for line in table.splitlines() if line.startswith(f"| `runs/{key}` |"))
+            assert f"{figure}: {label}" in row
+    assert table.count("| `runs/") == len(the_plan.runs)

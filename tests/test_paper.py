@@ -120,6 +120,7 @@ def test_reproduce_fig4a_quick_end_to_end(tmp_path, capsys):
     assert (out / "figures" / "fig4a.svg").read_text().lstrip().startswith("<?xml")
     report = (out / "report.md").read_text()
     assert "fig4a" in report and "![fig4a](figures/fig4a.png)" in report
+    assert "## Run folders" in report and "fig4a: RSA |" in report  # each runs/KEY mapped to its line
     assert "SGD fails" in report and ("held" in report)
     summaries = sorted((out / "runs").glob("*/summary.json"))
     assert len(summaries) == 6

@@ -282,7 +282,8 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"a config must be a table of settings (a mapping), got {type(data).__name__}")
-    plain = {k: v for k, v in data.items() if "." not in str(k)}
+    # A run's config.json records what produced it beside its settings; it is not a setting.
+    plain = {k: v for k, v in data.items() if "." not in str(k) and k != "provenance"}
     dotted = {str(k): v for k, v in data.items() if "." in str(k)}
     unknown = sorted(set(map(str, plain)) - set(KEYS))
     if unknown:

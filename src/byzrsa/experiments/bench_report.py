@@ -359,6 +359,11 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
     lines += [f"| {r.scenario.level} | {r.scenario.q} | {r.scenario.f} | {r.method} | {r.attack} | "
               + ", ".join(f"{seed}: `{key}`" for seed, key in sorted(r.keys.items())) + " |" for r in results]
     lines.append("")
+    # Which folder feeds which cell (the tuning runs are listed in tuning.md).
+    lines += ["## Run folders", "", "| level | q | f | method | attack | seed: folder in `runs/` |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.scenario.level} | {r.scenario.q} | {r.scenario.f} | {r.method} | {r.attack} | "
+              + ", ".join(f"{seed}: `{key}`" for seed, key in sorted(r.keys.items())) + " |" for r in results]
+    lines.append("")
     meta = {"grid": grid.name, "untuned": plan.untuned, "seeds": list(grid.seeds), "timing": dict(timing),
             "chosen": [{"method": m, "level": lv, "values": v} for (m, lv), v in values.items()]}
     _write_cells(out, _cells_rows(results, values, plan.untuned), meta)

@@ -27,7 +27,7 @@ from byzrsa.errors import ConfigError, WriteError
 
 __all__ = [
     "MARKER", "RUN_FILES", "STATES", "atomic_write_text", "atomic_path", "check_folder", "run_state", "claim_folder",
-    "release_folder", "remove_temporaries", "SUMMARY_FIELDS",
+    "release_folder", "remove_temporaries", "SUMMARY_FIELDS", "provenance", "utc_now",
 ]
 
 MARKER = ".running"
@@ -244,3 +244,65 @@ def release_folder(out: Path, summary: dict[str, Any] | None) -> None:
         remove_temporaries(out)
         with contextlib.suppress(OSError):
             (out / MARKER).unlink(missing_ok=True)
+
+
+def utc_now() -> str:
+    """The current time in UTC, ISO 8601 to the second (``2026-12-07T04:30:00Z``)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout byzrsa runs from (with ``+dirty`` for uncommitted edits), or None outside one."""
+    import subprocess
+
+    import byzrsa
+
+    source = Path(byzrsa.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, a slow disk: no commit, no error
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
+def _cpu_model() -> str:
+    import platform
+
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def provenance(device: str = "cpu") -> dict[str, Any]:
+    """What produced a run, for its ``config.json`` and ``summary.json``.
+
+    byzrsa's version, the git commit when byzrsa runs from a checkout (None
+    otherwise), the Python and torch versions, the host's CPU model and, on a
+    CUDA device, the GPU's name, and the start time (UTC). Nothing here can
+    fail a run: what cannot be found is None.
+    """
+    import platform
+
+    import torch
+
+    import byzrsa
+
+    gpu = None
+    if device.startswith("cuda"):
+        with contextlib.suppress(Exception):  # noqa: BLE001 - a name is a nicety, never a reason to fail
+            gpu = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "byzrsa": byzrsa.__version__,
+        "commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "gpu": gpu,
+        "started": utc_now(),
+    }

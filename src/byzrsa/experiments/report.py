@@ -364,10 +364,25 @@ def write_report(
         header += ["", "Failed runs:", ""] + [f"- `{k}`: {msg}" for k, msg in failures.items()]
     header += ["", _timing_text(out, plan, timing), ""]
     text = "\n".join(header) + "\n\n" + "\n".join(sections) + ("\n" + theory_section if theory_section else "")
+    text += "\n" + folders_section(plan)
     path = out / "report.md"
     path.write_text(text)
     (out / "verdicts.json").write_text(json.dumps(verdict_json, indent=2) + "\n")
     return path
+
+
+def folders_section(plan: Plan) -> str:
+    """A table from each run folder (``runs/KEY``, KEY a hash of its config) to the figure lines it feeds."""
+    feeds: dict[str, list[str]] = {key: [] for key in plan.runs}
+    for name, lines in plan.lines.items():
+        for label, key in lines.items():
+            feeds.setdefault(key, []).append(f"{name}: {label}")
+    for name, lines in plan.other_order.items():
+        for label, key in lines.items():
+            feeds.setdefault(key, []).append(f"{name}: {label} (other master order)")
+    rows = [f"| `runs/{key}` | {'; '.join(what) or 'no line (kept for sharing)'} |" for key, what in sorted(feeds.items())]
+    return "\n".join(["## Run folders", "", "Which figure lines each folder in `runs/` feeds.", "",
+                      "| folder | figure: line |", "|---|---|", *rows, ""])
 
 
 def _order_section(out: Path, plan: Plan) -> str:

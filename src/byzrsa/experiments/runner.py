@@ -8,6 +8,7 @@ a valid file), ``summary.json`` and ``accuracy.png``.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -23,7 +24,7 @@ from byzrsa.data import Dataset
 from byzrsa.engines.common import build_problem, validate
 from byzrsa.engines.plugins import blame
 from byzrsa.errors import ByzrsaError, ConfigError, WriteError
-from byzrsa.experiments.folders import atomic_path, atomic_write_text, claim_folder, release_folder
+from byzrsa.experiments.folders import atomic_path, atomic_write_text, claim_folder, provenance, release_folder, utc_now
 from byzrsa.experiments.plots import plot_curves
 from byzrsa.decentralized import GRAPH_METRICS
 from byzrsa.methods import get_method
@@ -98,6 +99,7 @@ def run(
     extra: dict[str, Any] = {}  # engine-specific facts for the summary (e.g. dead workers)
     rows: list[dict[str, float]] = []
     started = time.perf_counter()
+    origin = provenance(config.device)  # versions, commit, host, start time: in config.json and summary.json
     progress = None
     writer = handle = None
     status, error = "completed", None
@@ -115,7 +117,8 @@ def run(
         if out_dir is not None:
             for path in stale:  # the run replacing them has started (--overwrite)
                 path.unlink(missing_ok=True)
-            atomic_write_text(out_dir / "config.json", config.to_json() + "\n")
+            recorded = {**json.loads(config.to_json()), "provenance": origin}  # load_config ignores provenance
+            atomic_write_text(out_dir / "config.json", json.dumps(recorded, indent=2, sort_keys=True) + "\n")
             handle = open(out_dir / "metrics.csv", "w", newline="")
             columns = METRIC_COLUMNS + (GRAPH_METRICS if config.topology != "none" else ())
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
@@ -167,6 +170,7 @@ def run(
             except OSError as exc:  # the last rows could not be flushed
                 late = WriteError.from_os(exc, out_dir / "metrics.csv")
                 status, error = ("failed", _one_line(late)) if not in_flight else (status, error)
+        extra["provenance"] = {**origin, "finished": utc_now()}
         summary = _summary(config, rows, time.perf_counter() - started, status, error, extra) if rows else None
         if out_dir is not None:
             if rows:
