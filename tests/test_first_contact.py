@@ -238,3 +238,27 @@ def test_reproduce_report_maps_every_run_folder_to_its_lines():
             row = next(line for line in table.splitlines() if line.startswith(f"| `runs/{key}` |"))
             assert f"{figure}: {label}" in row
     assert table.count("| `runs/") == len(the_plan.runs)
+
+
+# ----------------------------------------------------------------------------- readable output
+
+
+def test_bench_list_prints_settings_not_python_reprs(capsys):
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    for repr_mark in ("{'", "['", "[0", "()", "tune {", "0000000"):
+        assert repr_mark not in out, repr_mark
+    assert "pre=bucketing(s=2)" in out and "lr not tuned" in out and "factors: lr x 0.3333, 1, 3" in out
+
+
+def test_tune_table_prints_its_grid_as_numbers():
+    from byzrsa.config import RunConfig
+    from byzrsa.experiments.tune import format_table
+
+    grid = [0.001, 0.003, 0.009, 0.003 * 9]  # 0.026999999999999996 in binary
+    rows = [{"key": str(i), "lr": lr, "lam": 0.07, "final_accuracy": 0.5} for i, lr in enumerate(grid)]
+    result = {"config": json.loads(RunConfig().to_json()), "grid": {"lr": grid, "lam": [0.07]}, "rows": rows,
+              "best": rows[0], "scored_on": "validation", "extensions": 3, "extended": {"lr": 1}}
+    text = format_table(result)
+    assert "Final grid: lr 0.001, 0.003, 0.009, 0.027; lam 0.07;" in text
+    assert "[" not in text.split("\n\n")[0] and "999" not in text

@@ -289,8 +289,25 @@ def load_grid(path: str | Path) -> Grid:
 
 # --------------------------------------------------------------------------- description
 
+def _value(value: Any) -> str:
+    """A setting as a person writes it: 0.001 not 0.0010000000000000002, bucketing(s=2) not a dict's repr."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        options = {k: v for k, v in value.items() if k != "name"}
+        inner = ", ".join(f"{k}={_value(v)}" for k, v in options.items())
+        return f"{value.get('name', '')}({inner})" if "name" in value else "{" + inner + "}"
+    if isinstance(value, (list, tuple)):
+        return " + ".join(_value(v) for v in value) if value else "none"
+    return str(value)
+
+
+def _numbers(values: Any) -> str:
+    return ", ".join(_value(v) for v in values)
+
+
 def _settings(settings: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in settings.items())
+    return ", ".join(f"{k}={_value(v)}" for k, v in settings.items())
 
 
 def describe_grid(grid: Grid) -> str:
@@ -303,12 +320,14 @@ def describe_grid(grid: Grid) -> str:
         f"  q: {', '.join(map(str, grid.byzantine))}; declared f: {', '.join(map(str, grid.declared_f))}; "
         f"seeds: {', '.join(map(str, grid.seeds))}",
         "  methods:",
-        *(f"    - {m.label}: {_settings(m.settings)}" + (f"  tune {dict(m.tune)}" if m.tune else "")
+        *(f"    - {m.label}: {_settings(m.settings)}"
+          + (f"; {'; '.join(f'{k} tuned x {_numbers(v)}' if v else f'{k} not tuned' for k, v in m.tune.items())}"
+             if m.tune else "")
           for m in grid.methods),
         f"  attacks: {'; '.join(f'{a.label} ({_settings(a.settings)})' for a in grid.attacks)}",
-        f"  tuning: validation {t.validation:g} of the training data, seeds {list(t.seeds)}, factors lr "
-        f"{[round(f, 4) for f in t.lr]}, lam (RSA) {[round(f, 4) for f in t.lam]}, "
-        f"tau (cclip) {[round(f, 4) for f in t.tau]}, up to {t.extensions} extension(s) per key past an edge"
+        f"  tuning: validation {t.validation:g} of the training data, seeds {_numbers(t.seeds)}; factors: lr x "
+        f"{_numbers(t.lr)}; lam (RSA) x {_numbers(t.lam)}; tau (cclip) x {_numbers(t.tau)}; up to {t.extensions} "
+        "extension(s) per key past an edge"
         + (f", {t.iterations} iterations" if t.iterations else ""),
         *(f"  note: {n}" for n in grid.notes),
         *(f"  published: {p.level}, q={p.q}, {p.attack}: {p.source}" for p in grid.published),

@@ -197,7 +197,7 @@ def format_table(result: dict[str, Any]) -> str:
     scored = ("**ranked by TEST accuracy** (--rank-by-test): the chosen values have seen the test set, so a test "
               "accuracy reported at them is optimistic" if on_test else
               f"scored on a {result['scored_on']} split, never the test set")
-    grid = ", ".join(f"{k} {sorted(v)}" for k, v in result["grid"].items() if v)
+    grid = "; ".join(f"{k} {', '.join(f'{x:.4g}' for x in sorted(v))}" for k, v in result["grid"].items() if v)
     lines = [
         f"Tuning {c['method']} on {c['dataset']} ({c['split']}, q={c['byzantine']}, attack {c['attack']}, "
         f"{c['iterations']} iterations); final accuracy = mean over the last 10% of the iterations, {scored}.",
