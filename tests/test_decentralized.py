@@ -20,7 +20,7 @@ from byzrsa.engines.decentralized import GraphSimulator
 from byzrsa.engines.sim import simulate
 from byzrsa.errors import ConfigError
 
-from reference import geomed, krum, median, softmax_grad, subgradient, trimmed_mean
+from reference import VarianceReduction, geomed, krum, median, softmax_grad, subgradient, trimmed_mean
 
 ITERATIONS = 6
 
@@ -166,15 +166,18 @@ def graph_reference_run(problem, iterations: int) -> np.ndarray:
     gens = problem.attack_generators()
     x = [problem.init_vector().double().numpy() for _ in range(m)]
     b = [topology.byzantine_neighbours(i) if c.agg_f is None else c.agg_f for i in range(m)]
+
+    def minibatch_gradient(i: int, w: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        y = y_all[batch]
+        return softmax_grad(w, x_all[batch], classes - 1 - y if i >= r and c.attack == "label-flip" else y, classes)
+
+    # node i's gradient at its model on its minibatch: plain, or variance-reduced (--vr, tests/reference.py)
+    gradient = VarianceReduction(problem, active, minibatch_gradient) if c.vr != "none" else minibatch_gradient
     for k in range(1, iterations + 1):
         alpha = c.lr / math.sqrt(k) if c.lr_schedule == "sqrt" else c.lr
         grads = []
         for i in range(active):
-            batch = samplers[i].next().numpy()
-            y = y_all[batch]
-            if i >= r and c.attack == "label-flip":
-                y = classes - 1 - y
-            grads.append(softmax_grad(x[i], x_all[batch], y, classes))
+            grads.append(gradient(i, x[i], samplers[i].next().numpy()))
         sent = x if c.method == "rsa" else [x[i] - alpha * (grads[i] + c.mu * x[i]) for i in range(active)]
         new = list(x)
         for i in range(active):

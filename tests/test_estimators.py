@@ -190,3 +190,39 @@ def test_dist_matches_simulator(tmp_path, settings):
     from test_dist import config, dist_matches_sim
 
     dist_matches_sim(tmp_path, config(**settings))
+
+
+# ---------------------------------------------------------------------------- decentralized: DRSA-SAGA, DRSA-LSVRG
+
+
+@pytest.fixture(scope="module")
+def graph_data():
+    from byzrsa.data import load_dataset
+
+    return load_dataset("synthetic", workers=10, heterogeneity=0.5, seed=3)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(method="rsa", norm="l1", topology="two-castle", attack="sign-flip", vr="saga"),
+    dict(method="rsa", norm="l2", topology="er", attack="gaussian", vr="lsvrg", **{"vr.p": 0.3}),
+    dict(method="trimmed-mean", topology="two-castle", attack="sign-flip", vr="saga"),
+], ids=["drsa-saga", "drsa-lsvrg", "trimmed-mean-saga"])
+def test_decentralized_simulator_matches_reference(graph_data, settings):
+    """The graph simulator's nodes get their --vr estimate at their own model, as the per-node reference does."""
+    import numpy as np
+
+    from byzrsa.config import RunConfig
+    from byzrsa.engines.common import build_problem
+    from byzrsa.engines.decentralized import GraphSimulator
+    from test_decentralized import graph_reference_run
+
+    iterations = 15
+    config = RunConfig().replace(dataset="synthetic", workers=10, byzantine=2, batch_size=4, iterations=iterations,
+                                 dtype="float64", seed=5, lr=0.05, lam=0.05, mu=0.01, **settings,
+                                 **({"attack.std": 3.0} if settings["attack"] == "gaussian" else {}))
+    sim = GraphSimulator(build_problem(config, graph_data))
+    with torch.no_grad():
+        for _ in range(iterations):
+            sim.step()
+    expected = graph_reference_run(build_problem(config, graph_data), iterations)
+    np.testing.assert_allclose(sim.workers[: config.regular].numpy(), expected, rtol=0, atol=1e-10)
