@@ -235,3 +235,49 @@ def test_the_fuzz_covers_every_registered_component_and_setting():
                 assert f"{kind} {name}.{opt.name}=" in names
     for key in KEYS:
         assert f" {key}=" in f" {names}" or names.startswith(f"{key}=")
+
+
+def _misspelled() -> list[tuple[str, list[str], str]]:
+    """(id, flags, the name to suggest) for every registered name, written in capitals with underscores.
+
+    A user who types ``SIGN_FLIP`` or ``Trimmed_Mean`` must be told the name byzrsa knows, whatever the kind.
+    """
+    from byzrsa.data.partition import SCHEMES
+    from byzrsa.data.sources import SOURCES
+    from byzrsa.methods import method_names
+    from byzrsa.topologies import TOPOLOGIES
+
+    def typo(name: str) -> str:
+        return name.upper().replace("-", "_")
+
+    cases = [(f"method {n}", ["--method", typo(n)], n) for n in method_names()]
+    cases += [(f"attack {n}", ["--attack", typo(n), "--byzantine", "2"], n) for n in ATTACKS.names() if n != "none"]
+    cases += [(f"pre {n}", ["--method", "median", "--byzantine", "1", "--pre", typo(n)], n) for n in PRE_AGGREGATORS]
+    cases += [(f"model {n}", ["--model", typo(n)], n) for n in MODELS.names()]
+    cases += [(f"dataset {n}", ["--dataset", typo(n)], n) for n in SOURCES]
+    cases += [(f"split {n}", ["--split", typo(n)], n) for n in SCHEMES]
+    cases += [(f"topology {n}", ["--topology", typo(n)], n) for n in TOPOLOGIES.names()]
+    cases += [(f"key {k}", ["--set", f"{typo(k)}=1"], k) for k in KEYS]
+    return cases
+
+
+@pytest.mark.parametrize("case", _misspelled(), ids=lambda c: c[0])
+def test_every_unknown_name_suggests_the_valid_one(case, tmp_path, capsys):
+    _, args, name = case
+    code, err, out = _drive(args, tmp_path, capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("byzrsa: error:"), err
+    assert f"(did you mean {name!r}?)" in err[0], err[0]
+    assert not out.exists()
+
+
+def test_every_first_release_key_names_an_option_that_exists(tmp_path, capsys):
+    """Each migrated flat key points at a real option of the component it names, and the error says so."""
+    from byzrsa.config import MOVED
+    from byzrsa.methods import get_method
+
+    owners = {"attack": ATTACKS.__getitem__, "method": get_method, "model": MODELS.__getitem__}
+    for old, (new, owner) in MOVED.items():
+        kind, option = new.split(".")
+        assert option in [o.name for o in owners[kind](owner).options], (old, new, owner)
+        code, err, _ = _drive(["--set", f"{old}=1"], tmp_path, capsys)
+        assert code == 2 and len(err) == 1 and f"is now {new}" in err[0] and f'name = "{owner}"' in err[0], err
