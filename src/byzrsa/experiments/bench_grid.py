@@ -302,7 +302,7 @@ def _value(value: Any) -> str:
     return str(value)
 
 
-def _numbers(values: Any) -> str:
+def _numbers_text(values: Any) -> str:
     return ", ".join(_value(v) for v in values)
 
 
@@ -321,13 +321,13 @@ def describe_grid(grid: Grid) -> str:
         f"seeds: {', '.join(map(str, grid.seeds))}",
         "  methods:",
         *(f"    - {m.label}: {_settings(m.settings)}"
-          + (f"; {'; '.join(f'{k} tuned x {_numbers(v)}' if v else f'{k} not tuned' for k, v in m.tune.items())}"
+          + (f"; {'; '.join(f'{k} tuned x {_numbers_text(v)}' if v else f'{k} not tuned' for k, v in m.tune.items())}"
              if m.tune else "")
           for m in grid.methods),
         f"  attacks: {'; '.join(f'{a.label} ({_settings(a.settings)})' for a in grid.attacks)}",
-        f"  tuning: validation {t.validation:g} of the training data, seeds {_numbers(t.seeds)}; factors: lr x "
-        f"{_numbers(t.lr)}; lam (RSA) x {_numbers(t.lam)}; tau (cclip) x {_numbers(t.tau)}; up to {t.extensions} "
-        "extension(s) per key past an edge"
+        f"  tuning: validation {t.validation:g} of the training data, seeds {_numbers_text(t.seeds)}; factors: lr x "
+        f"{_numbers_text(t.lr)}; lam (RSA) x {_numbers_text(t.lam)}; tau (cclip) x {_numbers_text(t.tau)}; "
+        f"up to {t.extensions} extension(s) per key past an edge"
         + (f", {t.iterations} iterations" if t.iterations else ""),
         *(f"  note: {n}" for n in grid.notes),
         *(f"  published: {p.level}, q={p.q}, {p.attack}: {p.source}" for p in grid.published),
