@@ -262,3 +262,16 @@ def test_tune_table_prints_its_grid_as_numbers():
     text = format_table(result)
     assert "Final grid: lr 0.001, 0.003, 0.009, 0.027; lam 0.07;" in text
     assert "[" not in text.split("\n\n")[0] and "999" not in text
+
+
+def test_list_with_a_plugin_shows_its_components_whatever_the_cache_holds(warm_cache, tmp_path):
+    """The cached catalog is of the built-in components; a plugin's are read from the live registries."""
+    (tmp_path / "toy_attack_plugin.py").write_text(
+        "from byzrsa.attacks import ATTACKS, Attack\n"
+        "from byzrsa.registry import Option\n"
+        "ATTACKS.register(Attack('toy-zero-shift', lambda regular, own, ctx, *, shift=0.0: own * 0 + shift,\n"
+        "                        'toy', 'a plugin attack', options=(Option('shift', float, 0.0, 'added'),)))\n"
+    )
+    env = {**warm_cache, "PYTHONPATH": os.pathsep.join([str(tmp_path), warm_cache.get("PYTHONPATH", "")])}
+    result = _probe(["run", "--plugins", "toy_attack_plugin", "--list"], env)
+    assert result.returncode == 0 and "toy-zero-shift" in result.stdout and "shift = 0.0" in result.stdout

@@ -88,7 +88,7 @@ def cache_path() -> Path:
 
 def catalog() -> dict[str, list[dict[str, Any]]]:
     """Methods, rules, pre-aggregators, attacks and models, each with its options (see the module's text)."""
-    if all(m in sys.modules for m in REGISTRY_MODULES):
+    if any(m in sys.modules for m in REGISTRY_MODULES):  # a plugin may have registered entries: read them all
         return live()
     try:
         key = _fingerprint()
