@@ -66,6 +66,8 @@ __all__ = [
     "half_step",
     "drsa_step",
     "edge_pull",
+    "pair_pull_l1",
+    "gossip_dense",
     "gossip_mean",
     "self_centred_clipping",
     "GRAPH_FORMS",
@@ -132,6 +134,22 @@ def edge_pull(x: Tensor, messages: Tensor, receiver: Tensor, p: float) -> Tensor
     """
     sub = subgradient_of_difference(x.index_select(0, receiver), messages, p)
     return torch.zeros_like(x).index_add_(0, receiver, sub)
+
+
+def pair_pull_l1(x: Tensor, first: Tensor, second: Tensor, out: Tensor) -> Tensor:
+    r""":func:`edge_pull` for l1 over undirected pairs of honest rows, each pair's sign computed once.
+
+    :math:`\mathrm{sign}(x_j - x_i) = -\mathrm{sign}(x_i - x_j)` exactly, so the pair ``(i, j)`` adds
+    ``s = sign(x_i - x_j)`` to row i and ``-s`` to row j of ``out``: half the work of the directed form.
+    The rows must be finite (regular nodes' own models); Byzantine messages go through :func:`edge_pull`.
+    """
+    sign = torch.sub(x.index_select(0, first), x.index_select(0, second)).sign_()
+    return out.index_add_(0, first, sign).index_add_(0, second, sign, alpha=-1)
+
+
+def gossip_dense(mixing: Tensor, own: Tensor) -> Tensor:
+    """:func:`gossip_mean` when every message is its sender's own row: ``W @ X``, one matrix product."""
+    return torch.mm(mixing.to(own.dtype), own)
 
 
 def gossip_mean(own: Tensor, messages: Tensor, receiver: Tensor, self_weight: Tensor, weight: Tensor,
