@@ -51,6 +51,7 @@ __all__ = [
     "step_size",
     "rsa_worker_step",
     "rsa_master_step",
+    "rsa_master_pull",
     "aggregation_step",
     "baseline_message",
     "momentum_step",
@@ -111,11 +112,20 @@ def rsa_master_step(
     are odd (:math:`\partial\|{-v}\| = -\partial\|v\|`, exactly, for every
     norm here), so in the jacobi order that is the same sum, computed once.
     """
-    total = subgradient_of_difference(x0, messages, p).sum(dim=0) if messages.shape[0] else torch.zeros_like(x0)
+    total = rsa_master_pull(x0, messages, p) if messages.shape[0] else torch.zeros_like(x0)
     if pull is not None:
         total.add_(pull)
     # x0 - alpha (mu x0 + lam total), as two passes instead of five.
     return torch.mul(x0, 1.0 - alpha * mu).add_(total, alpha=-alpha * lam)
+
+
+def rsa_master_pull(x0: Tensor, messages: Tensor, p: float) -> Tensor:
+    r""":math:`\sum_j \partial\|x_0 - z_j\|_p` over the rows of ``messages (n, d)``: the master's pull (equation 11).
+
+    The simulator sums it a block of messages at a time and passes the total to
+    :func:`rsa_master_step` as ``pull``.
+    """
+    return subgradient_of_difference(x0, messages, p).sum(dim=0)
 
 
 def aggregation_step(x: Tensor, messages: Tensor, aggregate: Callable[[Tensor], Tensor], *, alpha: float) -> Tensor:
