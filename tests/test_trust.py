@@ -84,7 +84,7 @@ def test_tune_ended_by_a_group_sigterm_leaves_no_process_and_valid_folders(tmp_p
         _wait_for_pool(out, marker)
         os.killpg(proc.pid, signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+        assert proc.returncode == 143 and "Traceback" not in stderr, stderr
         assert "interrupted" in stderr and len(stderr.strip().splitlines()) == 1, stderr
         assert wait_gone(marker) == []
         published = _published(out)
@@ -672,3 +672,49 @@ def test_a_plugin_component_failing_during_a_run_is_one_line_and_a_failed_summar
         assert "Traceback" in capsys.readouterr().err
     finally:
         ATTACKS.unregister(attack)
+
+
+# --------------------------------------------------------------------------- input the engines take
+
+
+def test_ten_thousand_dist_workers_are_refused_by_the_estimate_before_any_fork(monkeypatch, capsys):
+    import multiprocessing
+
+    import byzrsa.engines.common as common
+
+    monkeypatch.setattr(common, "_available_bytes", lambda: 16 << 30)  # the same verdict on any machine
+    started = time.perf_counter()
+    assert main(["run", "--engine", "dist", "--workers", "10000", "--dataset", "synthetic", "--iterations", "2",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "for its 10000 worker processes" in err[0] and "16.0 GiB are available" in err[0], err
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("byzrsa-worker")]
+    assert time.perf_counter() - started < 60
+
+
+def test_idx_images_holding_nan_are_refused_naming_the_file(tmp_path, capsys):
+    from byzrsa.data.idx import write_idx
+    from byzrsa.data.sources import IDX_FILES
+
+    rng = np.random.default_rng(0)
+    images = {"train_images": rng.random((60, 28, 28), dtype=np.float32), "test_images": rng.random((20, 28, 28), dtype=np.float32)}
+    images["train_images"][7, 3, 4] = np.nan
+    for role, stem in IDX_FILES.items():
+        array = images.get(role, rng.integers(0, 10, 60 if role.startswith("train") else 20).astype(np.uint8))
+        write_idx(tmp_path / stem, array)
+    assert main(["run", "--dataset", "mnist", "--data-dir", str(tmp_path), "--workers", "4", "--iterations", "2",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train-images-idx3-ubyte holds 1 NaN or infinite values" in err[0], err
+
+
+def test_a_second_bench_on_the_same_out_is_refused_before_it_does_anything(tmp_path, capsys):
+    out = tmp_path / "b"
+    out.mkdir()
+    started = time.perf_counter()
+    with lock_held_elsewhere(out / ".bench.lock"):  # a first bench is running there
+        assert main(["bench", "quick", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another byzrsa bench is running" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == [".bench.lock"]  # no calibration, no plan, no runs
+    assert time.perf_counter() - started < 30

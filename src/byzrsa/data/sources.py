@@ -495,7 +495,8 @@ def download_idx_files(
 
 
 def _load_idx_source(name: str, paths: dict[str, Path], scale: float | None) -> Dataset:
-    arrays = {role: read_idx(p) for role, p in paths.items()}
+    # float images holding NaN or inf would train to NaN silently: refused, naming the file
+    arrays = {role: read_idx(p, finite=role.endswith("images")) for role, p in paths.items()}
     split = {}
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]

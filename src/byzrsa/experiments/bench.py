@@ -29,6 +29,7 @@ from byzrsa.errors import ConfigError
 from byzrsa.experiments.bench_cost import estimate, minutes
 from byzrsa.experiments.bench_grid import Grid, Level, MethodSpec, resolve_f
 from byzrsa.experiments.bench_stats import final_accuracy
+from byzrsa.experiments.folders import check_folder
 from byzrsa.experiments.bench_tune import TuneJob, settle, tuned_keys, tuning_jobs, value_of, write_tuning
 from byzrsa.experiments.plan import canonical, run_key
 
@@ -243,16 +244,30 @@ def _locked(out: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".bench.lock", "w") as handle:
+    key = str(out.resolve())
+    if key in _BENCH_HELD:  # re-entrant: bench() holds it from its first line, the phases again
+        yield
+        return
+    check_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / ".bench.lock", "a")
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise ConfigError(f"another byzrsa bench is running in {out}; wait for it or use another --out") from None
+        _BENCH_HELD.add(key)
         try:
             yield
         finally:
+            _BENCH_HELD.discard(key)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_BENCH_HELD: set[str] = set()  # results folders whose bench lock this process holds
 
 
 def _assign(runs: Mapping[str, RunConfig], devices: Sequence[str] | None) -> dict[str, RunConfig]:
@@ -262,7 +277,20 @@ def _assign(runs: Mapping[str, RunConfig], devices: Sequence[str] | None) -> dic
     return {key: c.replace(device=devices[i % len(devices)]) for i, (key, c) in enumerate(sorted(runs.items()))}
 
 
-def bench(
+def bench(grid: Grid, *, out: str | Path, dry_run: bool = False, **options: Any) -> dict[str, Any]:
+    """Tune, run and report ``grid`` into ``out``; return a summary (``dry_run``: the plan and estimate only).
+
+    Options: ``jobs``, ``untuned``, ``curves``, ``devices``, ``calibrate``,
+    ``quiet`` (see :func:`_bench`). A second bench on the same ``out`` is
+    refused before it does anything, its calibration and plan included.
+    """
+    if dry_run:
+        return _bench(grid, out=out, dry_run=True, **options)
+    with _locked(Path(out)):
+        return _bench(grid, out=out, **options)
+
+
+def _bench(
     grid: Grid,
     *,
     out: str | Path,
@@ -274,7 +302,6 @@ def bench(
     calibrate: bool = True,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Tune, run and report ``grid`` into ``out``; return a summary (``dry_run``: the plan and estimate only)."""
     import os
 
     from byzrsa.experiments import bench_report
