@@ -88,10 +88,11 @@ def test_bucketing_exp3_is_the_papers_setting():
     assert bucketed == plain == {"krum", "median", "geomed", "cclip"}
     assert all(m.settings["pre"] == [{"name": "bucketing", "s": 2}] for m in gradient if m.settings.get("pre"))
     assert any(m.settings["method"] == "rsa" for m in g.methods)
-    # the baselines keep the paper's values; only RSA (not in the paper) is tuned: 3 x 3 points x 6 attacks
+    # the baselines keep the paper's values; only RSA (l1 and l2, not in the paper) is tuned: 3 x 3 points x 6 attacks
     plan = plan_bench(g)
-    assert {c.method for c in plan.tune_runs.values()} == {"rsa"} and len(plan.tune_runs) == 9 * 6
-    assert all(not j.start for j in plan.tune_jobs if j.method != "RSA")
+    assert {c.method for c in plan.tune_runs.values()} == {"rsa"} and len(plan.tune_runs) == 2 * 9 * 6
+    assert {c.norm for c in plan.tune_runs.values()} == {"l1", "l2"}
+    assert all(not j.start for j in plan.tune_jobs if not j.method.startswith("RSA"))
 
 
 def test_user_grid_from_toml_and_declared_f(tmp_path, capsys):
@@ -533,3 +534,108 @@ def test_rsa_rows_show_lambda0_beside_lambda(tmp_path):
     assert f"lr=1, lam=0.01 (lambda0 {l1:.3g})" in report
     assert report.count("(lambda0 ") == 2
     assert "RSA l1: over 1" in report and "RSA l2: over 1" in report  # where RSA breaks, per norm
+
+
+# --------------------------------------------------------------------------- published numbers
+
+
+def test_published_entries_name_cells_of_their_preset():
+    for name in ("bucketing-exp3", "paper-plus"):
+        g = PRESETS[name]
+        assert g.published, name
+        methods, attacks = {m.label for m in g.methods}, {a.label for a in g.attacks}
+        for p in g.published:
+            named = set(p.values) | {m for pair in p.order for m in pair}
+            assert named <= methods and p.attack in attacks and p.q in g.byzantine, (name, p)
+            assert p.level in {lv.label for lv in g.levels} and p.source
+    exp3 = PRESETS["bucketing-exp3"].published
+    assert len(exp3) == 5 and all(len(p.values) == 8 for p in exp3)
+    alie = next(p for p in exp3 if p.attack == "ALIE")
+    assert alie.values["Bucketing + GeoMed (RFA, 8 iterations)"] == 0.877 and alie.values["Median"] == 0.099
+
+
+def test_published_ordering_is_checked_by_paired_comparison():
+    from byzrsa.experiments.bench_grid import Published
+    from byzrsa.experiments.bench_published import agreement, published_pairs, published_section
+
+    class S:  # a scenario
+        level, q = "by-label", 4
+
+    def cell(method, *values, converged=True):
+        c = _cell(method, "copy", *values, converged=converged)
+        c.scenario = S
+        return c
+
+    p = Published("by-label", 4, "copy", "a paper, Fig. 1", {"A": 0.9, "B": 0.5, "C": 0.895}, (("A", "D"),))
+    assert sorted(published_pairs(p)) == sorted([("A", "B", "above"), ("A", "C", "tie"), ("C", "B", "above"),
+                                                 ("A", "D", "above")])
+    cells = [cell("A", 0.80, 0.82, 0.81), cell("B", 0.85, 0.86, 0.88),  # byzrsa: B above A, against the paper
+             cell("C", 0.79, 0.80, 0.82), cell("D", 0.2, 0.3, 0.25, converged=False)]
+    rows = {(r["a"], r["b"]): r for r in agreement(p, {c.method: c for c in cells})}
+    assert rows[("A", "B")]["agrees"] is False and rows[("A", "B")]["ours"] == "below"
+    assert rows[("A", "C")]["agrees"] is True  # a published tie, tied in byzrsa
+    assert rows[("C", "B")]["agrees"] is False
+    assert rows[("A", "D")]["agrees"] is None and rows[("A", "D")]["ours"] == "not converged"
+    text = "\n".join(published_section([p], cells))
+    assert "Ordering: agrees in 1 of 4 published pairs; disagrees in 2" in text
+    assert "| A | 0.900 | 0.810 ± " in text and "| D | (ordering only) |" in text
+    assert "1 agree, 2 disagree, 1 undecided" in text
+
+
+# --------------------------------------------------------------------------- signals
+
+
+SIGNAL_GRID = """
+seeds = [0, 1]
+byzantine = [2]
+levels = ["iid"]
+attacks = ["none", "sign-flip"]
+[base]
+dataset = "digits"
+pixels = "unit"
+workers = 10
+iterations = 100000
+eval_every = 50
+[[methods]]
+method = "median"
+lr = 0.1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("command", "sig", "group"), [("bench", "SIGINT", False), ("bench", "SIGTERM", True),
+                                                       ("reproduce", "SIGTERM", False)])
+def test_an_interrupted_bench_or_reproduce_exits_quietly_with_the_shells_status(tmp_path, command, sig, group):
+    """One line on stderr, no traceback and no pool exit-hook noise; 130 after SIGINT, 143 after SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from processes import marked_processes, wait_gone
+
+    out, marker = tmp_path / "out", f"byzrsa-test-{uuid.uuid4()}"
+    (tmp_path / "g.toml").write_text(SIGNAL_GRID)
+    args = (["bench", "--grid", str(tmp_path / "g.toml")] if command == "bench"
+            else ["reproduce", "fig4a", "--quick", "--dataset", "digits", "--iterations", "100000"])
+    proc = subprocess.Popen([sys.executable, "-m", "byzrsa.cli", *args, "--jobs", "2", "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group,
+                            env={**os.environ, "BYZRSA_TEST_MARK": marker})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (list((out / "runs").glob(".tmp-*/metrics.csv"))
+                                               and len(marked_processes(marker)) >= 3):
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.2)
+        number = getattr(signal, sig)
+        os.killpg(proc.pid, number) if group else proc.send_signal(number)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + number, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0], stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert wait_gone(marker) == []

@@ -201,7 +201,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume continues the run in its folder and --overwrite would replace it: give one of them")
     try:
         summary = run(config, args.out, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         from pathlib import Path
 
         where = ""
@@ -209,7 +209,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             kept = (Path(args.out) / "summary.json").exists()
             where = f"; partial results are in {args.out}" if kept else " before the first evaluation; nothing was written"
         print(f"byzrsa: interrupted{where}", file=sys.stderr)
-        return 130
+        return interrupted_status(exc)
     keys = ("method", "attack", "byzantine", "iterations", "final_accuracy", "best_accuracy", "wall_seconds")
     print(json.dumps({k: summary[k] for k in keys}))
     return 0
@@ -316,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 TERMINATION_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 HANDLED_SIGNALS = (signal.SIGINT, *TERMINATION_SIGNALS)
+
+
+def interrupted_status(exc: BaseException) -> int:
+    """The exit status shells expect after a signal, 128 + its number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM.
+
+    :func:`_interrupt_on_termination` raises ``KeyboardInterrupt("SIGTERM")``; a plain Ctrl-C carries no name.
+    """
+    name = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "SIGINT"
+    try:
+        return 128 + int(signal.Signals[name])
+    except KeyError:
+        return 130
 
 
 def _interrupt_on_termination() -> None:

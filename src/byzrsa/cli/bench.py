@@ -57,10 +57,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         result = bench(grid, out=out, jobs=args.jobs, untuned=args.untuned, dry_run=args.dry_run,
                        curves=args.curves, devices=devices, quiet=args.quiet)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"byzrsa: interrupted; finished runs are kept in {out} and the next invocation continues",
               file=sys.stderr)
-        return 130
+        from byzrsa.cli import interrupted_status
+
+        return interrupted_status(exc)
     if args.dry_run:
         return 0
     print(f"report: {result['report']} ({result['runs']} grid runs, {result['tuning_runs']} tuning runs, "

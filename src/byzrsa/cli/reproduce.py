@@ -25,9 +25,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             compare_order=args.compare_master_order,
             quiet=args.quiet,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from byzrsa.cli import interrupted_status
+
         print(f"byzrsa: interrupted; finished runs are kept in {out} and the next invocation continues", file=sys.stderr)
-        return 130
+        return interrupted_status(exc)
     print(f"report: {result['report']} ({result['runs']} runs, {result['total_seconds']:.0f} s)")
     if result["failures"]:
         print(f"byzrsa: {len(result['failures'])} run(s) failed; see the report", file=sys.stderr)

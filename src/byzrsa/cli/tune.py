@@ -44,9 +44,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     try:
         result = tune(config, lrs, lams, out=out, jobs=args.jobs, quiet=args.quiet, extensions=args.extensions,
                       on_test=args.rank_by_test)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"byzrsa: interrupted; finished grid points are kept in {out}", file=sys.stderr)
-        return 130
+        from byzrsa.cli import interrupted_status
+
+        return interrupted_status(exc)
     print(format_table(result) + "\n")
     best = result["best"]
     if best is None:

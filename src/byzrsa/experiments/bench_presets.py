@@ -82,8 +82,9 @@ QUICK = Grid(
           "iterations": 200, "eval_every": 20, "lr_schedule": "sqrt", "mu": 0.01},
     levels=LEVELS,
     methods=(
-        # RSA's worst case (sign-flip) wants a small lambda at 200 iterations: a sweep on a validation split
-        # (docs/bench.md, "Starting points") found it near 1e-4..3e-4, so lambda searches 3e-5..2.7e-3
+        # RSA l1's worst case (sign-flip) wants a small lambda at 200 iterations: a sweep on a validation split
+        # (docs/bench.md, "Starting points") found it near 1e-4..3e-4; the default factors 1/3, 1, 3 and the
+        # extension past an edge replace the earlier fixed 3e-5..2.7e-3 range
         MethodSpec("RSA l1", {"method": "rsa", "lr": 9.0, "norm": "l1", "lam": 3e-4}),
         # l2's penalty acts on the whole vector, so its lambda is larger: Theorem 1's lambda0 is 8-12x l1's on
         # these splits (byzrsa lambda0), and the paper's l2 lambda is 20x its l1 lambda (1.4 vs 0.07, raw pixels)

@@ -336,6 +336,13 @@ def _end_pool(pool: ProcessPoolExecutor) -> None:
                 process.join(1.0)
     with contextlib.suppress(Exception):
         pool.shutdown(wait=False, cancel_futures=True)
+    # Join the pool's manager thread before the interpreter exits: left running, it closes its wake-up pipe while
+    # concurrent.futures' exit hook writes to it ("Exception ignored in: <module 'threading'> ... OSError: [Errno 9]
+    # Bad file descriptor" after an interrupt). With the workers gone it notices the broken pool and ends.
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        with contextlib.suppress(Exception):
+            manager.join(5.0)
 
 
 # ---------------------------------------------------------------------------------------------
