@@ -226,3 +226,13 @@ def test_decentralized_simulator_matches_reference(graph_data, settings):
             sim.step()
     expected = graph_reference_run(build_problem(config, graph_data), iterations)
     np.testing.assert_allclose(sim.workers[: config.regular].numpy(), expected, rtol=0, atol=1e-10)
+
+
+def test_flower_refuses_vr_in_one_line():
+    pytest.importorskip("flwr")
+    from byzrsa.errors import ConfigError
+    from test_flower import config, job_of
+
+    with pytest.raises(ConfigError, match="--vr saga runs on the sim and dist engines") as info:
+        job_of(config(workers=4, vr="saga"))
+    assert "\n" not in str(info.value)

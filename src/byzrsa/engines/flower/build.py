@@ -153,6 +153,9 @@ class Job:
     """
 
     def __init__(self, problem: Problem, settings: FlowerSettings) -> None:
+        if problem.config.vr != "none":  # the clients would silently send plain gradients
+            raise ConfigError(f"--vr {problem.config.vr} runs on the sim and dist engines; the Flower engine does not "
+                              "offer variance reduction yet: use --vr none")
         self.problem = problem
         self.settings = settings
         self.config: RunConfig = problem.config  # resolved: every option filled in
