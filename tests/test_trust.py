@@ -718,3 +718,57 @@ def test_a_second_bench_on_the_same_out_is_refused_before_it_does_anything(tmp_p
     assert len(err) == 1 and "another byzrsa bench is running" in err[0], err
     assert sorted(p.name for p in out.iterdir()) == [".bench.lock"]  # no calibration, no plan, no runs
     assert time.perf_counter() - started < 30
+
+
+# ---------------------------------------------------------------------------------- the network
+
+
+def test_the_master_accepts_only_greetings_signed_with_the_runs_token(caplog):
+    import socket as socket_
+    import threading
+
+    from byzrsa.engines.dist.transport import Kind, encode_blob
+    from byzrsa.engines.dist.wire import PeerLost, accept_links, connect, listen, publish, sign
+
+    class Store(dict):  # the launcher's key-value store, as far as byzrsa uses it
+        def set(self, key, value):
+            self[key] = value.encode()
+
+        def get(self, key):
+            return self[key]
+
+    token, store = "s3cret", Store()
+    listener = listen("127.0.0.1")
+    assert listener.getsockname()[0] == "127.0.0.1"
+    publish(store, listener, token)
+    with pytest.raises(PeerLost, match="not signed with this run's token"):
+        connect(store, "another-token", time.monotonic() + 1)
+
+    def greet(worker, signature):
+        sock = connect(store, token, time.monotonic() + 5)
+        hello = {"worker": worker, "token": signature, "identity": {}}
+        sock.sendall(memoryview(encode_blob(Kind.HELLO, 0, json.dumps(hello).encode()).numpy()).cast("B"))
+        return sock
+
+    clients = []
+
+    def clients_connect():
+        clients.append(greet(1, sign("a-guess", "worker 1")))  # not this run's token
+        clients.append(greet(0, sign(token, "worker 0")))
+        clients.append(greet(0, sign(token, "worker 0")))  # a second claim on worker 0
+        raw = socket_.create_connection(listener.getsockname()[:2])
+        raw.sendall(b"GET / HTTP/1.1\r\n" + b"x" * 100)  # not byzrsa at all
+        clients.append(raw)
+
+    thread = threading.Thread(target=clients_connect)
+    thread.start()
+    with caplog.at_level("WARNING", logger="byzrsa.dist"):
+        links = accept_links(listener, 2, 4096, lambda w: 4096, token, time.monotonic() + 4, 5.0)
+    thread.join()
+    assert sorted(links) == [0] and json.loads(links[0].first.blob())["worker"] == 0
+    text = caplog.text
+    assert "does not carry this run's token" in text and "worker 0 has already connected" in text
+    assert "not a byzrsa frame" in text
+    for sock in clients:
+        sock.close()
+    listener.close()

@@ -51,10 +51,17 @@ def _launcher_store() -> Any:
                          timeout=timedelta(seconds=30))
 
 
+def _done_value() -> str:
+    """What the master writes under :data:`DONE_KEY`: signed with the run's token (BYZRSA_TOKEN) when there is one."""
+    from byzrsa.engines.dist.wire import sign, token_from_env
+
+    return sign(token_from_env(), DONE_KEY) or "1"
+
+
 def _announce_done() -> None:
     """Master: tell every worker the run is over (a hung worker would otherwise keep torchrun waiting)."""
     try:
-        _launcher_store().set(DONE_KEY, "1")
+        _launcher_store().set(DONE_KEY, _done_value())
     except Exception:  # no store to tell: the launcher ends the workers itself
         pass
 
@@ -65,9 +72,19 @@ def _watch_done() -> None:
     import time
 
     def watch() -> None:
+        import hmac
+
+        expected, warned = _done_value(), False
         try:
             store = _launcher_store()
-            while not store.check([DONE_KEY]):
+            while True:
+                if store.check([DONE_KEY]):
+                    if hmac.compare_digest(store.get(DONE_KEY).decode(errors="replace"), expected):
+                        break
+                    if not warned:  # written by a process without the run's token: not the master
+                        print(f"byzrsa worker: ignored a {DONE_KEY} key not signed with this run's token",
+                              file=sys.stderr)
+                        warned = True
                 time.sleep(1.0)
             time.sleep(2.0)  # a worker that is still working normally gets to leave by itself
         except Exception:
