@@ -30,6 +30,7 @@ from byzrsa.experiments.bench_cost import estimate, minutes
 from byzrsa.experiments.bench_grid import Grid, Level, MethodSpec, resolve_f
 from byzrsa.experiments.bench_stats import final_accuracy
 from byzrsa.experiments.folders import check_folder
+from byzrsa.experiments import bench_tune
 from byzrsa.experiments.bench_tune import TuneJob, settle, tuned_keys, tuning_jobs, value_of, write_tuning
 from byzrsa.experiments.plan import canonical, run_key
 
@@ -200,10 +201,7 @@ def plan_bench(grid: Grid, *, untuned: bool = False) -> BenchPlan:
 
 def chosen_values(plan: BenchPlan) -> dict[tuple[str, str], dict[str, float]]:
     """(method, level) -> the values its grid runs use (tuned, or the starting values when untuned)."""
-    out = {}
-    for job in plan.tune_jobs:
-        out[(job.method, job.level)] = dict(job.start if plan.untuned or job.chosen is None else job.chosen.values)
-    return out
+    return bench_tune.chosen_values(plan.tune_jobs, plan.untuned)
 
 
 def plan_grid(plan: BenchPlan) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from byzrsa.experiments.bench_stats import CellResult, by_scenario, collect, compare, paired_difference, run_rows
 from byzrsa.experiments.bench_stats import final_accuracy
 from byzrsa.experiments.bench_published import published_section
-from byzrsa.experiments.bench_tune import format_tuning
+from byzrsa.experiments.bench_tune import chosen_values, format_tuning
 
 __all__ = ["write_report", "verdicts", "final_accuracy", "CSV_COLUMNS"]
 
@@ -260,12 +260,11 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
                  curves: Sequence[str] | None = None) -> Path:
     """Write every output of a bench into ``out`` and return the path of ``report.md``."""
     from byzrsa.experiments import bench_figures
-    from byzrsa.experiments.bench import chosen_values
 
     grid = plan.grid
     oracles = [m.label for m in grid.methods if _is_oracle(_method_name(m.settings))]
     results = collect(out, plan.cells, oracles)
-    values = chosen_values(plan)
+    values = chosen_values(plan.tune_jobs, plan.untuned)
     methods = [m.label for m in grid.methods]
     attacks = [a.label for a in grid.attacks]
     rsa = [m.label for m in grid.methods if _method_name(m.settings) == "rsa"]
@@ -354,11 +353,6 @@ def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: M
               f"- heatmaps: {', '.join(f'`{w}`' for w in written)}.",
               "- accuracy curves per cell: `byzrsa bench ... --curves all` (or an attack or level name) writes "
               "`curves/`.", "- `runs/KEY/`: each run's config.json, metrics.csv and summary.json.", ""]
-    # Which folder feeds which cell (the tuning runs are listed in tuning.md).
-    lines += ["## Run folders", "", "| level | q | f | method | attack | seed: folder in `runs/` |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.scenario.level} | {r.scenario.q} | {r.scenario.f} | {r.method} | {r.attack} | "
-              + ", ".join(f"{seed}: `{key}`" for seed, key in sorted(r.keys.items())) + " |" for r in results]
-    lines.append("")
     # Which folder feeds which cell (the tuning runs are listed in tuning.md).
     lines += ["## Run folders", "", "| level | q | f | method | attack | seed: folder in `runs/` |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.scenario.level} | {r.scenario.q} | {r.scenario.f} | {r.method} | {r.attack} | "

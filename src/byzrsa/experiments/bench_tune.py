@@ -24,7 +24,7 @@ from pathlib import Path
 from byzrsa.config import RunConfig
 from byzrsa.experiments.bench_grid import Grid, MethodSpec, Tuning
 
-__all__ = ["tuned_keys", "value_of", "TunePoint", "TuneJob", "tuning_jobs", "choose", "extend", "settle",
+__all__ = ["tuned_keys", "value_of", "TunePoint", "TuneJob", "tuning_jobs", "choose", "extend", "settle", "chosen_values",
            "format_tuning", "score_of"]
 
 
@@ -199,6 +199,11 @@ def choose(jobs: Sequence[TuneJob], accuracy: Callable[[str], float | None]) -> 
             job.points, key=lambda p: (p.score, -sum(abs(math.log(f)) for f in p.factors.values()))
         )
         job.edge = [k for k, fs in job.factors.items() if len(fs) > 1 and job.chosen.factors[k] in (fs[0], fs[-1])]
+
+
+def chosen_values(jobs: Sequence[TuneJob], untuned: bool) -> dict[tuple[str, str], dict[str, float]]:
+    """(method, level) -> the values its grid runs use (tuned, or the starting values when untuned)."""
+    return {(j.method, j.level): dict(j.start if untuned or j.chosen is None else j.chosen.values) for j in jobs}
 
 
 def _fmt(values: Mapping[str, float]) -> str:
