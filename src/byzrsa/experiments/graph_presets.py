@@ -49,8 +49,8 @@ IOS_TSP2023 = Grid(
         _m("GeoMed", "geomed", 0.9),
         _m("Krum", "krum", 0.9),
         _m("Trimmed mean (BRIDGE)", "trimmed-mean", 0.9),
-        _m("DRSA l1", "rsa", 0.9, norm="l1", lam=0.01),
-        _m("DRSA l2", "rsa", 0.9, norm="l2", lam=0.1),
+        _m("DRSA l1", "rsa", 0.9, norm="l1", lam=0.05),
+        _m("DRSA l2", "rsa", 0.9, norm="l2", lam=0.5),
         _m("ClippedGossip", "cclip", 0.9, **{"method.tau": 1.0}),
         _m("IOS", "ios", 0.9),
     ),
@@ -72,7 +72,9 @@ IOS_TSP2023 = Grid(
         "Gaussian: the receiver's honest neighbours' mean plus N(0, 30) per coordinate (the paper's variance 30).",
         "Sample-duplicating: the paper's Byzantine nodes train on a regular node's samples; here 'copy' sends the "
         "receiver's first regular neighbour's model, which is what such a node converges to.",
-        "DRSA and ClippedGossip are the paper's baselines; their lambda and tau are starting points for tuning.",
+        "DRSA and ClippedGossip are the paper's baselines; their lambda and tau are starting points for tuning "
+        "(DRSA's from 300-iteration runs without attack on the by-label split of drsa-sp2021: lambda 0.005, 0.05, "
+        "0.2 reached 0.51, 0.82, 0.75).",
     ),
 )
 
@@ -87,8 +89,8 @@ DRSA_SP2021 = Grid(
           "iterations": 5000, "eval_every": 250, "lr_schedule": "sqrt", "mu": 0.01, "topology": "er"},
     levels=(Level("er by-label", {"split": "by-label"}), Level("er iid", {"split": "iid"})),
     methods=(
-        _m("DRSA l1", "rsa", 0.5, norm="l1", lam=0.005),
-        _m("DRSA l2", "rsa", 0.5, norm="l2", lam=0.05),
+        _m("DRSA l1", "rsa", 0.5, norm="l1", lam=0.05),
+        _m("DRSA l2", "rsa", 0.5, norm="l2", lam=0.5),
         _m("DPSGD (gossip)", "mean", 0.5),
         _m("BRIDGE (trimmed mean)", "trimmed-mean", 0.5),
     ),
