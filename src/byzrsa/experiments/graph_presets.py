@@ -10,7 +10,6 @@ for every grid (``--untuned`` keeps them).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from byzrsa.experiments.bench.grid import AttackSpec, Grid, Level, MethodSpec, Published, Tuning
@@ -98,8 +97,8 @@ IOS_TSP2023 = Grid(
     ),
     attacks=(
         _attack("none", "none"),
-        _attack("gaussian", "gaussian", std=math.sqrt(30.0), around="mean"),
-        _attack("sign-flip", "sign-flip", sigma=-4.0),
+        _attack("gaussian", "gaussian", std=30.0, around="mean"),
+        _attack("sign-flip", "ipm", epsilon=1.0),
         _attack("isolation", "isolation"),
         _attack("copy", "copy", copy_from=0),
         _attack("ALIE", "alie"),
@@ -112,7 +111,10 @@ IOS_TSP2023 = Grid(
         "Data: mnist-sample (5000 digits, offline) instead of full MNIST; --dataset mnist runs the full set.",
         "Iterations: 2000 (shorter than the paper's runs, affordable on 2 cores); the report's convergence column "
         "says whether each cell had settled.",
-        "Gaussian: the receiver's honest neighbours' mean plus N(0, 30) per coordinate (the paper's variance 30).",
+        "Gaussian: the receiver's honest neighbours' mean plus noise of standard deviation 30 per coordinate "
+        "(the authors' code: D_gaussian, scale 30).",
+        "Sign-flip: minus the mean of the receiver's honest neighbours (the authors' D_sign_flipping, scale 1, "
+        "which also averages the receiver itself in), i.e. byzrsa's IPM with epsilon 1.",
         "Sample-duplicating: the paper's Byzantine nodes train on a regular node's samples; here 'copy' sends the "
         "receiver's first regular neighbour's model, which is what such a node converges to.",
         "DRSA and ClippedGossip are the paper's baselines; their lambda and tau are starting points for tuning "
