@@ -1,9 +1,9 @@
 """The benchmark's outputs: heatmaps, the worst-case ranking, verdicts on RSA, ``report.md``, cells.json and .csv.
 
-Every verdict is computed here from the cells' numbers (:mod:`~byzrsa.experiments.bench_stats`),
+Every verdict is computed here from the cells' numbers (:mod:`~byzrsa.experiments.bench.stats`),
 by a paired comparison over seeds (seed s gives every method the same data, batches and Byzantine draws):
 the 95% Student-t interval of the mean of the per-seed differences
-(:func:`~byzrsa.experiments.bench_stats.compare`):
+(:func:`~byzrsa.experiments.bench.stats.compare`):
 
 * **best under an attack**: the highest mean among the defences (Ideal SGD, which
   ignores the Byzantine workers, is shown as the ceiling but never "best");
@@ -26,10 +26,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from byzrsa.experiments.bench_stats import CellResult, by_scenario, collect, compare, paired_difference, run_rows
-from byzrsa.experiments.bench_stats import final_accuracy
-from byzrsa.experiments.bench_published import published_section
-from byzrsa.experiments.bench_tune import chosen_values, format_tuning
+from byzrsa.experiments.bench.stats import CellResult, by_scenario, collect, compare, paired_difference, run_rows
+from byzrsa.experiments.bench.stats import final_accuracy
+from byzrsa.experiments.bench.published import published_section
+from byzrsa.experiments.bench.tune import chosen_values, format_tuning
 
 __all__ = ["write_report", "verdicts", "final_accuracy", "CSV_COLUMNS"]
 
@@ -170,12 +170,14 @@ def _verdict_text(d: Mapping[str, Any]) -> str:
 
 def _lambda0s(out: Path, plan: Any, scenario: Any, rsa: Sequence[str]) -> dict[str, tuple[float, float]]:
     """RSA row -> (its lambda, Theorem 1's lambda0 for its scenario's problem, first seed's split) where defined."""
-    from byzrsa.experiments.bench_theory import lambda0_of, lambda0_table
+    from byzrsa.experiments.bench.theory import lambda0_of, lambda0_table
 
     configs = {}
     for cell in plan.cells:
         if cell.scenario == scenario and cell.method in rsa and cell.keys and cell.method not in configs:
-            configs[cell.method] = plan.runs[cell.keys[min(cell.keys)]]
+            config = plan.runs[cell.keys[min(cell.keys)]]
+            if config.topology == "none":  # Theorem 1 is the master/worker problem's; DRSA's threshold differs
+                configs[cell.method] = config
     table = lambda0_table(out, list(configs.values()))
     found = {m: (c.lam, lambda0_of(table, c)) for m, c in configs.items()}
     return {m: (lam, v) for m, (lam, v) in found.items() if v is not None}
@@ -250,7 +252,7 @@ def _write_cells(out: Path, rows: list[dict[str, Any]], meta: Mapping[str, Any])
 def _wanted(selection: Sequence[str] | None, scenario: Any, attack: str) -> bool:
     if not selection:
         return False
-    from byzrsa.experiments.bench_figures import slug
+    from byzrsa.experiments.bench.figures import slug
 
     names = {s.strip().lower() for s in selection}
     return bool(names & {"all", attack.lower(), slug(attack), scenario.slug, scenario.level.lower()})
@@ -259,7 +261,7 @@ def _wanted(selection: Sequence[str] | None, scenario: Any, attack: str) -> bool
 def write_report(out: Path, plan: Any, *, failures: Mapping[str, str], timing: Mapping[str, Any],
                  curves: Sequence[str] | None = None) -> Path:
     """Write every output of a bench into ``out`` and return the path of ``report.md``."""
-    from byzrsa.experiments import bench_figures
+    from byzrsa.experiments.bench import figures as bench_figures
 
     grid = plan.grid
     oracles = [m.label for m in grid.methods if _is_oracle(_method_name(m.settings))]
