@@ -95,6 +95,7 @@ def test_bucketing_exp3_is_the_papers_setting():
     assert all(not j.start for j in plan.tune_jobs if not j.method.startswith("RSA"))
 
 
+@pytest.mark.slow
 def test_user_grid_from_toml_and_declared_f(tmp_path, capsys):
     path = tmp_path / "mine.toml"
     path.write_text("""
@@ -360,6 +361,7 @@ def test_grid_toml_takes_extensions():
         grid_from_dict({"levels": ["iid"], "methods": ["median"], "attacks": ["none"], "tuning": {"extensions": -1}})
 
 
+@pytest.mark.slow
 def test_byzrsa_tune_walks_out_and_scores_on_validation(tmp_path, capsys):
     """A real (tiny) tune whose grid starts far below the best step (about 0.8 here): it walks out to it and
     stops there; with a tighter limit it stops at the limit, flagged. Scored on a validation split by default."""

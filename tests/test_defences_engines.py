@@ -164,6 +164,7 @@ def test_dist_matches_simulator(tmp_path, dist_helpers, case):
 
 
 @pytestmark_dist
+@pytest.mark.slow
 def test_dist_optimised_attack_probes_with_fresh_server_state(tmp_path, dist_helpers, monkeypatch):
     """docs/distributed.md: a Byzantine process probes the defence with fresh pre-aggregator streams and no
     remembered centre. With bucketing the dist run is exactly the simulator whose probe gets no server state,

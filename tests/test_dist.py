@@ -130,6 +130,7 @@ def test_rsa_matches_simulator(tmp_path, norm, attack, order):
     [("sgd", "negative-sum"), ("ideal-sgd", "same-value"), ("geomed", "gaussian"), ("krum", "copy"),
      ("median", "sign-flip"), ("trimmed-mean", "same-value"), ("multi-krum", "negative-sum")],
 )
+@pytest.mark.slow
 def test_baselines_match_simulator(tmp_path, method, attack):
     dist_matches_sim(tmp_path, config(method=method, attack=attack, workers=5))
 
@@ -189,6 +190,7 @@ def test_entry_point_checks_world_size(monkeypatch, capsys):
 # ----------------------------------------------------------------------------- faults
 
 
+@pytest.mark.slow
 def test_dead_and_hung_workers_are_dropped(tmp_path, monkeypatch):
     monkeypatch.setenv(engine.FAULTS_ENV, "1:4:exit,3:6:hang")
     summary = run(config(method="rsa", attack="copy", timeout=1.5, engine="dist"), tmp_path / "run")
@@ -217,6 +219,7 @@ def test_malformed_messages_are_byzantine_not_a_crash(monkeypatch):
     assert summary["dead_workers"] == [] and math.isfinite(summary["final_train_loss"])
 
 
+@pytest.mark.slow
 def test_worker_with_another_config_is_dropped_as_byzantine(monkeypatch):
     monkeypatch.setenv(engine.FAULTS_ENV, "2:0:config")
     summary = run(config(method="rsa", engine="dist"), None)
@@ -272,6 +275,7 @@ def test_crashed_master_ends_workers_and_resume_reaches_the_same_result(tmp_path
     torch.testing.assert_close(final_x0(out), final_x0(whole), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_run(tmp_path):
     out = tmp_path / "run"
     run(config(method="rsa", engine="dist", iterations=10, checkpoint_every=10), out)

@@ -81,6 +81,7 @@ def test_residual_table_equals_the_full_table_bit_for_bit():
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("shared", [False, True], ids=["distinct", "shared"])
+@pytest.mark.slow
 def test_per_sample_gradients_of_the_chain_equal_vmaps(activation, shared):
     """The MLP's hand-written per-sample path against torch.func's vmap(grad), and their mean the minibatch gradient."""
     options = {"hidden": 5, "activation": activation}
@@ -121,10 +122,12 @@ VR_CASES = [
 
 
 @pytest.mark.parametrize("settings", VR_CASES, ids=lambda s: f"{s['vr']}-{s['method']}-{s['attack']}")
+@pytest.mark.slow
 def test_simulator_matches_reference(synthetic, settings):  # noqa: F811
     simulate_and_compare(synthetic, **settings)
 
 
+@pytest.mark.slow
 def test_resumed_saga_run_equals_the_uninterrupted_one(tmp_path):
     base = dict(dataset="digits", workers=5, byzantine=1, batch_size=4, iterations=30, eval_every=5,
                 dtype="float64", lr=0.05, checkpoint_every=10, method="geomed", attack="sign-flip", vr="saga")
@@ -186,6 +189,7 @@ def test_estimators_registry_lists_the_three():
     dict(method="geomed", attack="sign-flip", vr="saga"),
     dict(method="rsa", attack="gaussian", vr="saga"),
 ], ids=["geomed-saga", "rsa-saga"])
+@pytest.mark.slow
 def test_dist_matches_simulator(tmp_path, settings):
     from test_dist import config, dist_matches_sim
 

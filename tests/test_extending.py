@@ -59,6 +59,7 @@ def plugin(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["toy-boxed-mean", "rsa"])
+@pytest.mark.slow
 def test_toy_rule_and_attack_run_on_both_engines(tmp_path, plugin, method):
     finals = {}
     for engine in ("sim", "dist"):
@@ -103,6 +104,7 @@ DROPOUT_NET = textwrap.dedent('''
 
 
 @pytest.mark.parametrize("method", ["rsa", "median"])
+@pytest.mark.slow
 def test_dropout_model_by_import_path_same_on_both_engines(tmp_path, monkeypatch, method):
     """A user's module with dropout: per-worker dropout streams make the dist run equal the simulator's."""
     (tmp_path / "toy_nets.py").write_text(DROPOUT_NET)

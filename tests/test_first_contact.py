@@ -85,6 +85,7 @@ def test_help_list_and_usage_errors_do_not_import_torch(warm_cache, args, expect
     assert "TORCH=0" in result.stderr, "torch was imported"
 
 
+@pytest.mark.slow
 def test_catalog_cache_matches_the_registries_and_survives_damage(warm_cache, tmp_path):
     from byzrsa.cli import catalog
 

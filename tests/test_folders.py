@@ -64,6 +64,7 @@ def test_completed_run_says_so(tmp_path):
     assert not list((tmp_path / "r").glob(".*tmp*"))  # atomic writes leave no temporary files
 
 
+@pytest.mark.slow
 def test_out_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "r"
     run(SMALL, out)

@@ -94,6 +94,7 @@ def dropout_net(input_shape, num_classes):
 
 
 @pytest.mark.parametrize("batching", ["auto", "vmap"])
+@pytest.mark.slow
 def test_a_network_with_dropout_agrees_for_any_block_size(monkeypatch, batching):
     ds = load_dataset("mnist-sample", workers=5, quiet=True)
     settings = dict(dataset="mnist-sample", workers=5, byzantine=1, batch_size=4, iterations=3, dtype="float64",

@@ -210,6 +210,7 @@ def test_regular_components_match_a_plain_search(seed):
     assert t.regular_connected() == (len(parts) == 1)
 
 
+@pytest.mark.slow
 def test_large_ring_is_checked_without_a_dense_matrix():
     t = build_topology("ring", 20_000, 2)  # 20 000 x 20 000 would be 400 MB of booleans
     assert t.regular_connected() and len(t.edges) == 20_000

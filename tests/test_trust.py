@@ -307,6 +307,7 @@ def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path, capsys, engi
     assert not pwned.exists() and run_state(out) == "completed"
 
 
+@pytest.mark.slow
 def test_damaged_or_foreign_checkpoints_are_one_line_refusals_on_both_engines(tmp_path, capsys):
     from byzrsa.engines.common import config_identity
     from byzrsa.config import config_from_dict
@@ -381,6 +382,7 @@ def test_an_attack_state_that_is_not_plain_data_fails_the_run_in_one_line(tmp_pa
 # ------------------------------------------------------------------ the dist master and its workers
 
 
+@pytest.mark.slow
 def test_no_frame_a_worker_sends_crashes_the_dist_master(tmp_path):
     """Byzantine frames: too large for the master's buffer (gloo used to abort it), of the wrong kind, of another
     model's size, of another dtype, short; and a greeting with another config. Each is dropped and logged."""
@@ -456,6 +458,7 @@ def _temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_past_the_file_size_limit_fails_the_run_in_one_line(tmp_path):
     out = tmp_path / "r"
     done = _limited(["run", *SMALL_FLAGS, "--checkpoint-every", "10", "--out", str(out)], 100_000)
@@ -468,6 +471,7 @@ def test_a_checkpoint_past_the_file_size_limit_fails_the_run_in_one_line(tmp_pat
     assert not (out / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_results_that_cannot_be_written_leave_no_marker_and_no_temporary_file(tmp_path):
     out = tmp_path / "r"
     done = _limited(["run", *SMALL_FLAGS, "--out", str(out)], 300)  # config.json itself does not fit
@@ -498,6 +502,7 @@ def test_every_write_error_during_a_run_is_one_line_and_a_failed_summary(tmp_pat
     assert run_state(tmp_path / "r") == "failed" and not (tmp_path / "r" / MARKER).exists()
 
 
+@pytest.mark.slow
 def test_reproduce_on_a_full_disk_ends_in_one_line(tmp_path):
     out = tmp_path / "rep"
     done = _limited(["reproduce", "fig4a", "--dataset", "digits", "--iterations", "5", "--eval-every", "5", "--jobs", "1",
@@ -557,6 +562,7 @@ def test_six_processes_claiming_one_folder_at_once_give_one_winner(tmp_path):
 
 @pytest.mark.parametrize("engine", ["sim", "dist"])
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c-twice", "ctrl-c-then-sigterm"])
+@pytest.mark.slow
 def test_a_second_signal_during_clean_up_still_leaves_a_summary(tmp_path, engine, second):
     out, marker = tmp_path / "r", f"byzrsa-test-{uuid.uuid4()}"
     proc = _start(["run", "--dataset", "digits", "--workers", "4", "--iterations", "1000000", "--eval-every", "50",
@@ -677,6 +683,7 @@ def test_a_plugin_component_failing_during_a_run_is_one_line_and_a_failed_summar
 # --------------------------------------------------------------------------- input the engines take
 
 
+@pytest.mark.slow
 def test_ten_thousand_dist_workers_are_refused_by_the_estimate_before_any_fork(monkeypatch, capsys):
     import multiprocessing
 
