@@ -152,8 +152,8 @@ def memory_one(m: int, steps: int = 3) -> dict[str, Any]:
     loaded = _rss_mb()
     config = config_from_dict(dict(dataset=dataset.name, pixels="raw", split="iid", iterations=10**9, workers=m,
                                    attack={"name": "same-value", "c": 100.0}, byzantine=(2 * m) // 5, **RSA))
-    with reuse_freed_memory():
-        problem = build_problem(config, dataset)
+    problem = build_problem(config, dataset)
+    with reuse_freed_memory():  # as simulate(): the problem is built first, then the run keeps its freed memory
         sim = Simulator(problem)
         for _ in range(steps):
             sim.step()
