@@ -18,7 +18,7 @@ is run again. At the end (and with ``--doc-only``) the finished cells are
 written to ``--doc`` (default docs/results-attacks.md) as two tables of final
 test accuracy and the worst attack per method; unfinished cells read "-".
 
-Step sizes: the paper presets' per-method values (experiments/presets.py, fig.
+Step sizes: the paper presets' per-method values (experiments/paper/presets.py, fig.
 4a/5a: RSA l1 lambda 0.07, a = 1e-3; l2 lambda 1.2, a = 1e-3; the baselines
 1e-4, Krum 1e-4 at q = 4). The defences the paper did not have run at a = 1e-4
 with their default options, signSGD at a = 1e-3 (its step is the sign, so the

@@ -20,7 +20,7 @@ from byzrsa.engines.common import build_problem
 from byzrsa.errors import ConfigError
 from byzrsa.experiments import paper
 from byzrsa.experiments.bench import bench, plan_bench, plan_grid
-from byzrsa.experiments.bench_presets import (
+from byzrsa.experiments.bench.presets import (
     PRESETS,
     AttackSpec,
     Grid,
@@ -30,7 +30,7 @@ from byzrsa.experiments.bench_presets import (
     grid_from_dict,
     resolve_f,
 )
-from byzrsa.experiments.bench_stats import summarise
+from byzrsa.experiments.bench.stats import summarise
 
 BASE = {"dataset": "digits", "pixels": "unit", "model": "softmax", "workers": 10, "batch_size": 16,
         "iterations": 20, "eval_every": 5, "lr_schedule": "constant", "mu": 0.0}
@@ -282,8 +282,8 @@ def test_untuned_is_marked(tmp_path):
 
 def test_one_seed_gives_no_verdict_of_tie_or_loss():
     """With one seed there is no interval: a gap is reported as such, never as "within the CI of the best"."""
-    from byzrsa.experiments.bench_report import _breaks_text, verdicts
-    from byzrsa.experiments.bench_stats import CellResult
+    from byzrsa.experiments.bench.report import _breaks_text, verdicts
+    from byzrsa.experiments.bench.stats import CellResult
 
     def cell(method, attack, *values):
         return CellResult("s", method, attack, {}, summarise(values), dict(enumerate(values)))
@@ -329,7 +329,7 @@ def test_tuning_walks_out_to_a_far_optimum_and_stops_at_the_limit():
     # further still (3^6 x): the walk stops after 3 extensions, at the edge, flagged
     far = _walk(grid, {"lr": 0.3 * 3**6}).tune_jobs[0]
     assert far.chosen.values["lr"] == pytest.approx(0.3 * 81) and far.edge == ["lr"] and far.extended == {"lr": 3}
-    from byzrsa.experiments.bench_tune import format_tuning
+    from byzrsa.experiments.bench.tune import format_tuning
 
     table = format_tuning([job, far], grid.tuning, False)
     assert table.count("still at the edge of the range after 3 extension(s): lr") == 1
@@ -398,7 +398,7 @@ def test_byzrsa_tune_walks_out_and_scores_on_validation(tmp_path, capsys):
 
 
 def test_drift_is_the_change_over_the_last_fifth():
-    from byzrsa.experiments.bench_stats import convergence, drift_of
+    from byzrsa.experiments.bench.stats import convergence, drift_of
 
     rising = [{"iteration": k, "accuracy": k / 100} for k in range(10, 101, 10)]
     # final window: iterations >= 90 (0.9, 1.0); earlier window: 70..80 (0.7, 0.8)
@@ -417,15 +417,15 @@ def test_drift_is_the_change_over_the_last_fifth():
 
 
 def _cell(method, attack, *values, converged=True):
-    from byzrsa.experiments.bench_stats import CellResult
+    from byzrsa.experiments.bench.stats import CellResult
 
     return CellResult("s", method, attack, {}, summarise(values), dict(enumerate(values)), converged=converged,
                       drift=0.0 if converged else 0.2)
 
 
 def test_paired_seeds_decide_what_overlapping_intervals_cannot():
-    from byzrsa.experiments.bench_report import verdicts
-    from byzrsa.experiments.bench_stats import compare, paired_difference
+    from byzrsa.experiments.bench.report import verdicts
+    from byzrsa.experiments.bench.stats import compare, paired_difference
 
     # seed effects shared by both methods: the unpaired intervals overlap, every per-seed difference is -0.02
     rsa, best = _cell("RSA", "alie", 0.50, 0.60, 0.70), _cell("CClip", "alie", 0.52, 0.62, 0.72)
@@ -442,7 +442,7 @@ def test_paired_seeds_decide_what_overlapping_intervals_cannot():
 
 
 def test_non_converged_cell_is_reported_as_such():
-    from byzrsa.experiments.bench_report import _breaks_text, verdicts
+    from byzrsa.experiments.bench.report import _breaks_text, verdicts
 
     slow = [_cell("RSA", "alie", 0.50, 0.51, 0.52, converged=False), _cell("CClip", "alie", 0.90, 0.91, 0.89)]
     v = verdicts(slow, ["RSA", "CClip"], ["alie"], ["RSA"], [])
@@ -509,8 +509,8 @@ def test_paired_seeds_give_every_method_the_same_batches_and_draws():
 @pytest.mark.slow
 def test_rsa_rows_show_lambda0_beside_lambda(tmp_path):
     """Theorem 1's lambda0 per (level, q, norm), as `byzrsa lambda0` computes it, cached, and in the ranking."""
-    from byzrsa.experiments.bench_theory import lambda0_of, lambda0_table
-    from byzrsa.experiments.theory import lambda0, objective_from_config, solve_consensus
+    from byzrsa.experiments.bench.theory import lambda0_of, lambda0_table
+    from byzrsa.experiments.paper.theory import lambda0, objective_from_config, solve_consensus
 
     grid = tiny_grid(levels=(Level("by-label", {"split": "by-label"}),),
                      attacks=(AttackSpec("none", {"attack": "none"}),),
@@ -557,8 +557,8 @@ def test_published_entries_name_cells_of_their_preset():
 
 
 def test_published_ordering_is_checked_by_paired_comparison():
-    from byzrsa.experiments.bench_grid import Published
-    from byzrsa.experiments.bench_published import agreement, published_pairs, published_section
+    from byzrsa.experiments.bench.grid import Published
+    from byzrsa.experiments.bench.published import agreement, published_pairs, published_section
 
     class S:  # a scenario
         level, q = "by-label", 4

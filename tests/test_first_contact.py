@@ -229,8 +229,8 @@ def test_git_commit_is_recorded_from_a_checkout_and_fails_silently_without_git(m
 
 
 def test_reproduce_report_maps_every_run_folder_to_its_lines():
-    from byzrsa.experiments.plan import base_settings, plan
-    from byzrsa.experiments.report import folders_section
+    from byzrsa.experiments.paper.plan import base_settings, plan
+    from byzrsa.experiments.paper.report import folders_section
 
     the_plan = plan(["fig4a", "fig3"], base_settings("mnist-sample", iterations=10))
     table = folders_section(the_plan)

@@ -145,7 +145,7 @@ def test_a_killed_run_is_never_taken_for_a_finished_one(tmp_path):
 @pytest.mark.slow
 def test_reproduce_redoes_corrupt_and_truncated_runs(tmp_path):
     from byzrsa.experiments.paper import execute, is_done, run_folder
-    from byzrsa.experiments.plan import base_settings, plan
+    from byzrsa.experiments.paper.plan import base_settings, plan
 
     runs = plan(["fig3"], base_settings("mnist-sample", iterations=10)).runs
     chosen = dict(list(runs.items())[:2])

@@ -9,8 +9,8 @@ import pytest
 
 from byzrsa.cli import main
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.plan import base_settings, figure_configs, plan, resolve_figures, run_key
-from byzrsa.experiments.presets import FIGURES, PAPER_SETTING
+from byzrsa.experiments.paper.plan import base_settings, figure_configs, plan, resolve_figures, run_key
+from byzrsa.experiments.paper.presets import FIGURES, PAPER_SETTING
 
 # docs/protocol.md, "Figures": fig -> (split, q, attack, RSA (norm, lambda, a) per line).
 PROTOCOL_TABLE = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from byzrsa.experiments.presets import FIGURES, Claim
-from byzrsa.experiments.report import Result, check_claim, final_values
+from byzrsa.experiments.paper.presets import FIGURES, Claim
+from byzrsa.experiments.paper.report import Result, check_claim, final_values
 
 
 def curve(final: float, *, time: float = 10.0, variance: float = 1.0, iterations: int = 1000) -> list[dict[str, float]]:

@@ -10,7 +10,7 @@ import torch
 
 from byzrsa.cli import main
 from byzrsa.config import RunConfig
-from byzrsa.experiments.theory import (
+from byzrsa.experiments.paper.theory import (
     decaying_step, fit_slope, lambda0, objective_from_config, quadratic_objective, run_rsa, solve_consensus,
 )
 

@@ -116,7 +116,7 @@ def test_sigkilled_reproduce_takes_its_pool_with_it(tmp_path):
         _end(marker)
     # The next invocation takes the lock the dead one held, and clears its leftovers.
     from byzrsa.experiments.paper import execute
-    from byzrsa.experiments.plan import base_settings, plan
+    from byzrsa.experiments.paper.plan import base_settings, plan
 
     runs = dict(list(plan(["fig4a"], base_settings("mnist-sample", iterations=5)).runs.items())[:1])
     assert execute(runs, out, jobs=1, quiet=True)[0] == {}
@@ -587,7 +587,7 @@ def test_a_second_signal_during_clean_up_still_leaves_a_summary(tmp_path, engine
 
 def test_reproduce_redoes_a_stored_run_it_cannot_read(tmp_path):
     from byzrsa.experiments.paper import execute, run_folder
-    from byzrsa.experiments.plan import base_settings, plan
+    from byzrsa.experiments.paper.plan import base_settings, plan
 
     out = tmp_path / "rep"
     runs = dict(list(plan(["fig4a"], base_settings("digits", iterations=5)).runs.items())[:1])

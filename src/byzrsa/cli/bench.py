@@ -14,7 +14,7 @@ __all__ = ["register"]
 
 def _grid(args: argparse.Namespace) -> Any:
     from byzrsa.experiments.bench import apply_overrides
-    from byzrsa.experiments.bench_presets import PRESETS, load_grid
+    from byzrsa.experiments.bench.presets import PRESETS, load_grid
 
     name = args.grid or args.preset
     if name is None:
@@ -45,7 +45,7 @@ def _grid(args: argparse.Namespace) -> Any:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from byzrsa.experiments.bench import bench
-    from byzrsa.experiments.bench_presets import describe_presets
+    from byzrsa.experiments.bench.presets import describe_presets
 
     if args.list:
         print(describe_presets())

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from byzrsa.experiments.presets import QUICK_ITERATIONS
+from byzrsa.experiments.paper.presets import QUICK_ITERATIONS
 
 __all__ = ["register"]
 

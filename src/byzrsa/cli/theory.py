@@ -1,4 +1,4 @@
-"""``byzrsa lambda0``: the argparse side of :mod:`byzrsa.experiments.theory`."""
+"""``byzrsa lambda0``: the argparse side of :mod:`byzrsa.experiments.paper.theory`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["register"]
 
 def _cmd_lambda0(args: argparse.Namespace) -> int:
     from byzrsa.cli import config_from_args
-    from byzrsa.experiments.theory import lambda0, objective_from_config, solve_consensus  # imports torch
+    from byzrsa.experiments.paper.theory import lambda0, objective_from_config, solve_consensus  # imports torch
     from byzrsa.penalties import norm_name, parse_norm
 
     config = config_from_args(args)

@@ -15,8 +15,8 @@ __all__ = ["register"]
 def _figure_config(args: argparse.Namespace) -> RunConfig:
     """The preset run of ``--method`` in ``--figure``, with every given flag on top."""
 
-    from byzrsa.experiments.plan import figure_configs, resolve_figures
-    from byzrsa.experiments.presets import FIGURES
+    from byzrsa.experiments.paper.plan import figure_configs, resolve_figures
+    from byzrsa.experiments.paper.presets import FIGURES
 
     names = resolve_figures([args.figure])
     if len(names) != 1 or names[0] not in FIGURES:

@@ -126,8 +126,8 @@ def _tune(
 ) -> dict[str, Any]:
     from byzrsa.experiments.folders import atomic_write_text
     from byzrsa.experiments.paper import execute, is_done, run_folder
-    from byzrsa.experiments.plan import canonical, run_key
-    from byzrsa.experiments.report import final_values
+    from byzrsa.experiments.paper.plan import canonical, run_key
+    from byzrsa.experiments.paper.report import final_values
     from byzrsa.experiments.runner import read_metrics
 
     grid = {"lr": list(lrs), "lam": list(lams) if lams else [config.lam]}

@@ -1,7 +1,7 @@
 """``byzrsa bench``: the robustness table of RSA against today's defences and attacks.
 
-A grid (:mod:`~byzrsa.experiments.bench_presets`) becomes run configs in two
-phases. Tuning (:mod:`~byzrsa.experiments.bench_tune`): per method and level,
+A grid (:mod:`~byzrsa.experiments.bench.presets`) becomes run configs in two
+phases. Tuning (:mod:`~byzrsa.experiments.bench.tune`): per method and level,
 the step size (lambda for RSA, tau for centered clipping) with the best worst
 case over the grid's attacks on a validation split of the training data. The
 grid: every (level, q, f, method, attack, seed) cell at the chosen values,
@@ -9,7 +9,7 @@ scored on the test set. Both phases go through
 :func:`byzrsa.experiments.paper.execute` (each distinct config runs once, in
 parallel processes, finished runs are kept, one progress bar with an ETA), so
 an interrupted bench resumes where it stopped. Then
-:mod:`~byzrsa.experiments.bench_report` writes heatmaps, the ranking table,
+:mod:`~byzrsa.experiments.bench.report` writes heatmaps, the ranking table,
 ``cells.json``/``cells.csv`` and ``report.md``.
 """
 
@@ -26,13 +26,13 @@ from typing import Any
 from byzrsa.config import RunConfig, config_from_dict
 from byzrsa.engines.common import validate
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.bench_cost import estimate, minutes
-from byzrsa.experiments.bench_grid import Grid, Level, MethodSpec, resolve_f
-from byzrsa.experiments.bench_stats import final_accuracy
+from byzrsa.experiments.bench.cost import estimate, minutes
+from byzrsa.experiments.bench.grid import Grid, Level, MethodSpec, resolve_f
+from byzrsa.experiments.bench.stats import final_accuracy
 from byzrsa.experiments.folders import check_folder
-from byzrsa.experiments import bench_tune
-from byzrsa.experiments.bench_tune import TuneJob, settle, tuned_keys, tuning_jobs, value_of, write_tuning
-from byzrsa.experiments.plan import canonical, run_key
+from byzrsa.experiments.bench import tune as bench_tune
+from byzrsa.experiments.bench.tune import TuneJob, settle, tuned_keys, tuning_jobs, value_of, write_tuning
+from byzrsa.experiments.paper.plan import canonical, run_key
 
 __all__ = ["Scenario", "Cell", "BenchPlan", "plan_bench", "plan_grid", "chosen_values", "bench", "apply_overrides"]
 
@@ -302,7 +302,7 @@ def _bench(
 ) -> dict[str, Any]:
     import os
 
-    from byzrsa.experiments import bench_report
+    from byzrsa.experiments.bench import report as bench_report
     from byzrsa.experiments.paper import execute, is_done
 
     out = Path(out)
@@ -339,7 +339,7 @@ def _bench(
                               "tuning_runs": len(plan.tune_runs), "estimated_seconds": seconds,
                               "pending": len(tune_pending) + len(grid_pending)}
     if dry_run:
-        from byzrsa.experiments.bench_grid import describe_grid
+        from byzrsa.experiments.bench.grid import describe_grid
 
         print(describe_grid(grid))
         for cell in plan.cells:

@@ -9,7 +9,7 @@ from typing import Any
 
 from byzrsa.config import RunConfig
 from byzrsa.errors import ByzrsaError
-from byzrsa.experiments.plan import run_key
+from byzrsa.experiments.paper.plan import run_key
 
 __all__ = ["estimate", "minutes"]
 

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
-from byzrsa.experiments.bench_stats import CellResult
+from byzrsa.experiments.bench.stats import CellResult
 
 __all__ = ["heatmap", "curves", "slug"]
 

@@ -1,6 +1,6 @@
 """The robustness benchmark's named grids, as plain data (``byzrsa bench --list``).
 
-Each preset is a :class:`~byzrsa.experiments.bench_grid.Grid`: what every run
+Each preset is a :class:`~byzrsa.experiments.bench.grid.Grid`: what every run
 shares (``base``) and the axes crossed (levels, methods with their starting
 hyper-parameters, attacks, q, declared f, seeds). docs/bench.md describes each.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from byzrsa.experiments.bench_grid import (
+from byzrsa.experiments.bench.grid import (
     BY_LABEL,
     DIR01,
     DIR1,
@@ -27,7 +27,7 @@ from byzrsa.experiments.bench_grid import (
     load_grid,
     resolve_f,
 )
-from byzrsa.experiments.bench_published import EXP3_PUBLISHED, RSA_PAPER_PUBLISHED
+from byzrsa.experiments.bench.published import EXP3_PUBLISHED, RSA_PAPER_PUBLISHED
 from byzrsa.experiments.graph_presets import GRAPH_PRESETS
 
 __all__ = ["PRESETS", "QUICK", "PAPER_PLUS", "FMNIST_CNN", "BUCKETING_EXP3", "describe_presets",

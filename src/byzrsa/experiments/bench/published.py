@@ -1,11 +1,11 @@
 """Published numbers beside byzrsa's: the values and orderings of the experiments the presets mirror.
 
-A preset's :class:`~byzrsa.experiments.bench_grid.Published` entries name a
+A preset's :class:`~byzrsa.experiments.bench.grid.Published` entries name a
 (level, q, attack) of the grid, the published final accuracy of some methods
 and/or (better, worse) pairs the source states. :func:`published_section`
 prints them beside the bench's cells and checks every published pair against
 byzrsa's paired comparison over seeds
-(:func:`~byzrsa.experiments.bench_stats.compare`): a pair *agrees* when byzrsa
+(:func:`~byzrsa.experiments.bench.stats.compare`): a pair *agrees* when byzrsa
 ranks the two methods the same way with a paired 95% interval that excludes 0,
 *disagrees* when it excludes 0 the other way, and is *tied in byzrsa* when it
 holds 0. Published values closer than :data:`PUBLISHED_TIE` count as a
@@ -24,7 +24,7 @@ Sources:
 * ``paper-plus``: Li, Xu, Chen, Giannakis, Ling, "RSA", AAAI 2019, Figures 4, 5
   and 10 (curves; the text states the orderings and, for Fig. 10, the best
   possible accuracy): the statements ``byzrsa reproduce`` checks
-  (``experiments/presets.py``).
+  (``experiments/paper/presets.py``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from byzrsa.experiments.bench_grid import Published
-from byzrsa.experiments.bench_stats import CellResult, compare
+from byzrsa.experiments.bench.grid import Published
+from byzrsa.experiments.bench.stats import CellResult, compare
 
 __all__ = ["PUBLISHED_TIE", "EXP3_PUBLISHED", "RSA_PAPER_PUBLISHED", "published_pairs", "agreement",
            "published_section"]

@@ -1,7 +1,7 @@
 """The benchmark's numbers: each cell's final accuracies over seeds, their mean and 95% interval, and verdicts.
 
 Final accuracy of a run = mean test accuracy over the last 10% of its
-iterations (:func:`byzrsa.experiments.claims.final_values`); a run whose
+iterations (:func:`byzrsa.experiments.paper.claims.final_values`); a run whose
 accuracy is not finite (it diverged) counts as 0. A cell's interval is the
 two-sided 95% Student-t interval over its seeds, ``mean +- t(0.975, n - 1) s /
 sqrt(n)`` (``s`` the sample standard deviation); with one seed there is no
@@ -107,7 +107,7 @@ _CACHE: dict[tuple[str, str], tuple[float, list[dict[str, float]]] | None] = {}
 
 
 def _read(out: Path, key: str) -> tuple[float, list[dict[str, float]]] | None:
-    from byzrsa.experiments.claims import final_values
+    from byzrsa.experiments.paper.claims import final_values
     from byzrsa.experiments.paper import is_done, run_folder
     from byzrsa.experiments.runner import read_metrics
 

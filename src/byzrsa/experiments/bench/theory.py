@@ -7,7 +7,7 @@ norm, :math:`\tilde x^*` the solution of the regular workers' problem (3)).
 Below it the regular models stay apart, and on heterogeneous data that spread is
 what q aligned Byzantine messages exploit. The value depends on the data split,
 q, mu and the norm, not on the attack; it is computed once per (level, q, norm)
-with :func:`byzrsa.experiments.theory.solve_consensus` (float64 L-BFGS) and kept
+with :func:`byzrsa.experiments.paper.theory.solve_consensus` (float64 L-BFGS) and kept
 in ``OUT/lambda0.json`` so a rerun of the report does not recompute it.
 """
 
@@ -38,7 +38,7 @@ def _key(config: RunConfig) -> str:
 
 def lambda0_table(out: Path, configs: Sequence[RunConfig], *, tol: float = 1e-8) -> dict[str, float]:
     """``_key(config)`` -> lambda0 for every config where it :func:`applies` (cached in ``out/lambda0.json``)."""
-    from byzrsa.experiments.theory import lambda0, objective_from_config, solve_consensus
+    from byzrsa.experiments.paper.theory import lambda0, objective_from_config, solve_consensus
     from byzrsa.penalties import parse_norm
 
     path = out / "lambda0.json"

@@ -1,6 +1,6 @@
 """Fair tuning for the benchmark: per method and heterogeneity level, the best worst case on a validation split.
 
-For every method and level of a :class:`~byzrsa.experiments.bench_presets.Grid`
+For every method and level of a :class:`~byzrsa.experiments.bench.presets.Grid`
 the tuned keys (``lr`` always, ``lam`` for RSA, ``method.tau`` for centered
 clipping, or the method's own list) take every combination of
 ``start * factor``. Each point runs under every attack, q and declared f of
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from byzrsa.config import RunConfig
-from byzrsa.experiments.bench_grid import Grid, MethodSpec, Tuning
+from byzrsa.experiments.bench.grid import Grid, MethodSpec, Tuning
 
 __all__ = ["tuned_keys", "value_of", "TunePoint", "TuneJob", "tuning_jobs", "choose", "extend", "settle", "chosen_values",
            "format_tuning", "score_of"]

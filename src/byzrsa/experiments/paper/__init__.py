@@ -1,9 +1,11 @@
-"""``byzrsa reproduce``: run the paper's figures (:mod:`~byzrsa.experiments.presets`) and report on them.
+"""``byzrsa reproduce``: run the paper's figures (:mod:`~byzrsa.experiments.paper.presets`) and report on them.
 
-The chosen figures become run configs (:mod:`~byzrsa.experiments.plan`); each
+The chosen figures become run configs (:mod:`~byzrsa.experiments.paper.plan`); each
 distinct config runs once, in parallel processes, skipping runs whose results
 already exist, and then the figures are drawn and ``report.md`` written
-(:mod:`byzrsa.experiments.report`).
+(:mod:`byzrsa.experiments.paper.report`, with :mod:`.claims` and :mod:`.figures`);
+:mod:`.theory` checks the convergence theory and computes lambda0. The parallel
+executor here (:func:`execute`) also runs ``byzrsa tune`` and ``byzrsa bench``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Any
 from byzrsa.config import RunConfig
 from byzrsa.errors import ConfigError, config_int
 from byzrsa.experiments.folders import atomic_write_text, check_folder, run_state
-from byzrsa.experiments.plan import Plan, base_settings, plan, resolve_figures
-from byzrsa.experiments.presets import FIGURES, PAPER_SETTING
+from byzrsa.experiments.paper.plan import Plan, base_settings, plan, resolve_figures
+from byzrsa.experiments.paper.presets import FIGURES, PAPER_SETTING
 
 __all__ = ["execute", "is_done", "run_folder", "reproduce"]
 
@@ -408,7 +410,7 @@ def _reproduce_locked(
     the_plan: Plan, names: list[str], out: Path, *, dataset: str, data_dir: str | None, quick: bool,
     iterations: int | None, jobs: int | None, quiet: bool,
 ) -> dict[str, Any]:
-    from byzrsa.experiments import report
+    from byzrsa.experiments.paper import report
 
     atomic_write_text(out / "plan.json", the_plan.to_json() + "\n")
     started = time.perf_counter()
@@ -416,7 +418,7 @@ def _reproduce_locked(
     theory_result = None
     theory_quick = quick or (iterations is not None and iterations < 1000)
     if "theory" in names:
-        from byzrsa.experiments import theory
+        from byzrsa.experiments.paper import theory
 
         theory_result = theory.load_cached(out / "theory", quick=theory_quick)
         if theory_result is None:

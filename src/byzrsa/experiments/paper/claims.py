@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from byzrsa.experiments.plan import Plan, figure_configs, run_key
-from byzrsa.experiments.presets import FIGURES, Claim
+from byzrsa.experiments.paper.plan import Plan, figure_configs, run_key
+from byzrsa.experiments.paper.presets import FIGURES, Claim
 
 __all__ = ["lambda_of", "read_run", "FINAL_WINDOW", "Result", "Verdict", "final_values", "load_results", "check_claim"]
 
@@ -118,7 +118,7 @@ def check_claim(
     results: Mapping[str, Mapping[str, Result]],
     measured: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Verdict:
-    """Decide one claim on the final values of the figure's lines (see :class:`byzrsa.experiments.presets.Claim`).
+    """Decide one claim on the final values of the figure's lines (see :class:`byzrsa.experiments.paper.presets.Claim`).
 
     ``measured`` (metric -> label -> value) replaces the runs' values of the
     figure's own lines for that metric (the interleaved timing of fig 6).

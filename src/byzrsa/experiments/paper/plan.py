@@ -14,7 +14,7 @@ from typing import Any
 
 from byzrsa.config import RunConfig
 from byzrsa.errors import ConfigError, did_you_mean
-from byzrsa.experiments.presets import (
+from byzrsa.experiments.paper.presets import (
     ALIASES,
     FIGURES,
     PAPER_SETTING,

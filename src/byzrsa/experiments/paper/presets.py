@@ -1,4 +1,4 @@
-"""The paper's figures as presets: plain data, read by :mod:`~byzrsa.experiments.plan` and the report.
+"""The paper's figures as presets: plain data, read by :mod:`~byzrsa.experiments.paper.plan` and the report.
 
 Each figure of the RSA paper (Li et al., AAAI 2019) is a :class:`Figure`: plain
 data naming what every run of the figure shares (``fixed``), the lines drawn
@@ -52,7 +52,7 @@ class Claim:
     ``op`` says how it is checked on the figure's final values of ``metric``
     (``accuracy``: mean test accuracy over the last 10% of evaluations;
     ``time``: training seconds; ``variance``: final variance of the regular
-    local iterates), see :func:`byzrsa.experiments.report.check_claim`:
+    local iterates), see :func:`byzrsa.experiments.paper.report.check_claim`:
 
     * ``close``: every line in ``left`` is within ``tol`` of ``right``;
     * ``below``: every line in ``left`` is below every line in ``right`` by more than ``tol``;

@@ -22,10 +22,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from byzrsa.experiments.claims import FINAL_WINDOW, Result, Verdict, check_claim, final_values, load_results, read_run  # noqa: E402,F401
-from byzrsa.experiments.figures import STYLE, draw_figure, save_figure, setting_title  # noqa: E402,F401
-from byzrsa.experiments.plan import Plan, other_order  # noqa: E402
-from byzrsa.experiments.presets import FIGURES, MASTER_ORDER, PAPER_SETTING, Claim, Figure  # noqa: E402
+from byzrsa.experiments.paper.claims import FINAL_WINDOW, Result, Verdict, check_claim, final_values, load_results, read_run  # noqa: E402,F401
+from byzrsa.experiments.paper.figures import STYLE, draw_figure, save_figure, setting_title  # noqa: E402,F401
+from byzrsa.experiments.paper.plan import Plan, other_order  # noqa: E402
+from byzrsa.experiments.paper.presets import FIGURES, MASTER_ORDER, PAPER_SETTING, Claim, Figure  # noqa: E402
 
 __all__ = ["Result", "Verdict", "final_values", "load_results", "check_claim", "draw_figure", "write_report"]
 
@@ -324,7 +324,7 @@ def write_report(
 
     theory_section = ""
     if theory is not None:
-        from byzrsa.experiments.theory import report_section
+        from byzrsa.experiments.paper.theory import report_section
 
         theory_section, theory_verdicts = report_section(theory, out)
         for item in theory_verdicts:
