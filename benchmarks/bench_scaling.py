@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_one(args.memory_one)))
         return 0
     sizes = [int(m) for m in args.workers.split(",")]
-    timings = [_child("--time-one", m, args.rounds, args.threads) for m in sizes if m != 20]
+    timings = [_child("--time-one", m, args.rounds, args.threads) for m in sizes]
     memory = [] if args.no_memory else [_child("--memory-one", m, args.rounds) for m in sizes]
     text = markdown(timings, memory)
     info = machine()
