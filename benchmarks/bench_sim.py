@@ -65,8 +65,11 @@ def phases(sim: Simulator) -> dict[str, Callable[[], Any]]:
     """The parts of one ``sim.step``, each callable alone on the simulator's current tensors (state untouched)."""
     pb, c = sim.problem, sim.problem.config
     r = c.regular
-    x, y = sim._minibatch()
-    parts: dict[str, Callable[[], Any]] = {"gather": sim._minibatch}
+    def minibatch() -> Any:  # one iteration's minibatch of every computing worker, as one block
+        return sim._batch(sim._next_indices(), slice(0, sim.active))
+
+    x, y = minibatch()
+    parts: dict[str, Callable[[], Any]] = {"gather": minibatch}
     if pb.is_rsa:
         current = sim.workers[: sim.active]
         scratch = torch.empty_like(current)
