@@ -59,6 +59,7 @@ def clean(tmp_path_factory):
 # --------------------------------------------------------------------------- presets
 
 
+@pytest.mark.slow
 def test_presets_are_listed_and_plan(capsys):
     assert main(["bench", "--list"]) == 0
     text = capsys.readouterr().out
@@ -145,6 +146,7 @@ def test_sorted_shards_split():
         assert len(p) == 1000 // 25 and len(np.unique(labels[p])) >= 5
 
 
+@pytest.mark.slow
 def test_validation_split_replaces_the_test_set():
     config = config_from_dict({**BASE, "validation": 0.25})
     plain = build_problem(config.replace(validation=0.0))

@@ -21,6 +21,7 @@ def byzrsa(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_run_writes_its_results(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main([

@@ -221,6 +221,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("method,norm,topology,attack", CASES)
+@pytest.mark.slow
 def test_simulator_matches_per_node_reference(synthetic, method, norm, topology, attack):
     settings = dict(
         dataset="synthetic", workers=10, byzantine=2, batch_size=4, iterations=ITERATIONS, dtype="float64",

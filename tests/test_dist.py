@@ -118,6 +118,7 @@ def test_identity_ignores_local_fields():
     [("l1", "copy", "jacobi"), ("l2", "sign-flip", "jacobi"), ("linf", "gaussian", "jacobi"),
      ("3", "non-finite", "jacobi"), ("l1", "negative-sum", "gauss-seidel")],
 )
+@pytest.mark.slow
 def test_rsa_matches_simulator(tmp_path, norm, attack, order):
     summary = dist_matches_sim(tmp_path, config(method="rsa", norm=norm, attack=attack, master_order=order,
                                                 attack_value=math.inf))
@@ -135,6 +136,7 @@ def test_baselines_match_simulator(tmp_path, method, attack):
     dist_matches_sim(tmp_path, config(method=method, attack=attack, workers=5))
 
 
+@pytest.mark.slow
 def test_cli_engine_dist_matches_simulator(tmp_path):
     from byzrsa.cli import main
 
@@ -202,6 +204,7 @@ def test_dead_and_hung_workers_are_dropped(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["dead_workers"] == summary["dead_workers"]
 
 
+@pytest.mark.slow
 def test_gradient_rule_aggregates_what_arrived(tmp_path, monkeypatch):
     monkeypatch.setenv(engine.FAULTS_ENV, "0:3:exit")
     summary = run(config(method="median", attack="same-value", engine="dist"), None)
@@ -311,6 +314,7 @@ def test_forwarded_rows_follow_worker_indices_when_a_worker_is_missing():
     assert master._regular_view(rows)[:, 0].tolist() == [1.0, 12.0, 13.0, 14.0]
 
 
+@pytest.mark.slow
 def test_copy_attack_with_a_dead_worker_copies_the_named_worker(tmp_path, monkeypatch):
     monkeypatch.setenv(engine.FAULTS_ENV, "0:3:exit")
     c = config(method="rsa", attack="copy", **{"attack.copy_from": 2}, workers=5, byzantine=1, timeout=5)

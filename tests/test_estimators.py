@@ -211,6 +211,7 @@ def graph_data():
     dict(method="rsa", norm="l2", topology="er", attack="gaussian", vr="lsvrg", **{"vr.p": 0.3}),
     dict(method="trimmed-mean", topology="two-castle", attack="sign-flip", vr="saga"),
 ], ids=["drsa-saga", "drsa-lsvrg", "trimmed-mean-saga"])
+@pytest.mark.slow
 def test_decentralized_simulator_matches_reference(graph_data, settings):
     """The graph simulator's nodes get their --vr estimate at their own model, as the per-node reference does."""
     import numpy as np

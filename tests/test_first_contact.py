@@ -265,6 +265,7 @@ def test_tune_table_prints_its_grid_as_numbers():
     assert "[" not in text.split("\n\n")[0] and "999" not in text
 
 
+@pytest.mark.slow
 def test_list_with_a_plugin_shows_its_components_whatever_the_cache_holds(warm_cache, tmp_path):
     """The cached catalog is of the built-in components; a plugin's are read from the live registries."""
     (tmp_path / "toy_attack_plugin.py").write_text(

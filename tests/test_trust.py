@@ -730,6 +730,7 @@ def test_a_second_bench_on_the_same_out_is_refused_before_it_does_anything(tmp_p
 # ---------------------------------------------------------------------------------- the network
 
 
+@pytest.mark.slow
 def test_the_master_accepts_only_greetings_signed_with_the_runs_token(caplog):
     import socket as socket_
     import threading
