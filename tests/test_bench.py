@@ -643,3 +643,13 @@ def test_an_interrupted_bench_or_reproduce_exits_quietly_with_the_shells_status(
     assert len(lines) == 1 and "interrupted" in lines[0], stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     assert wait_gone(marker) == []
+
+
+def test_interrupted_status_is_128_plus_the_signal():
+    from byzrsa.cli import interrupted_status
+
+    assert interrupted_status(KeyboardInterrupt()) == 130  # Ctrl-C
+    assert interrupted_status(KeyboardInterrupt("SIGINT")) == 130
+    assert interrupted_status(KeyboardInterrupt("SIGTERM")) == 143
+    assert interrupted_status(KeyboardInterrupt("SIGHUP")) == 129
+    assert interrupted_status(KeyboardInterrupt("not a signal")) == 130
