@@ -303,3 +303,80 @@ def test_results_folder_of_a_graph_run_has_the_spread_columns(synthetic, tmp_pat
     assert {"accuracy_min", "accuracy_max", "average_accuracy"} <= set(rows[-1])
     assert summary["final_accuracy_min"] == rows[-1]["accuracy_min"]
     assert (tmp_path / "run" / "accuracy.png").exists()
+
+
+# ------------------------------------------------------------------ the shared properties, over each neighbourhood rule
+
+NEIGHBOUR_RULES = ["mean", "cclip", "ios", "median", "trimmed-mean", "geomed", "krum", "multi-krum"]
+
+
+def _neighbourhood(seed: int, n: int = 6, d: int = 5):
+    gen = torch.Generator().manual_seed(seed)
+    own = torch.randn(1, d, generator=gen, dtype=torch.float64)
+    messages = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    weight = torch.rand(n, generator=gen, dtype=torch.float64) / n + 0.01
+    self_weight = (1.0 - weight.sum()).reshape(1)
+    return own, messages, weight, self_weight
+
+
+def _aggregate(rule: str, own, messages, weight, self_weight, b: int = 1):
+    from byzrsa.aggregators import RULES
+    from byzrsa.decentralized import aggregate_neighbourhoods
+
+    options = RULES[rule].resolve({"tau": 0.5} if rule == "cclip" else {}, "method")
+    options = {k: v for k, v in options.items() if k != "iters"}
+    receiver = torch.zeros(len(messages), dtype=torch.long)
+    return aggregate_neighbourhoods(rule, own, messages, receiver, self_weight, weight, (b,), options)
+
+
+@pytest.mark.parametrize("rule", NEIGHBOUR_RULES)
+@pytest.mark.parametrize("seed", range(4))
+def test_neighbour_rules_ignore_the_order_of_the_neighbours(rule, seed):
+    own, messages, weight, self_weight = _neighbourhood(seed)
+    perm = torch.randperm(len(messages), generator=torch.Generator().manual_seed(100 + seed))
+    a = _aggregate(rule, own, messages, weight, self_weight)
+    b = _aggregate(rule, own, messages[perm], weight[perm], self_weight)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", NEIGHBOUR_RULES)
+def test_neighbour_rules_return_identical_inputs(rule):
+    own, messages, weight, self_weight = _neighbourhood(7)
+    v = own.expand(len(messages), -1).clone()
+    torch.testing.assert_close(_aggregate(rule, own, v, weight, self_weight), own, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("rule", [r for r in NEIGHBOUR_RULES if r != "cclip"])  # clipping radius is absolute
+def test_neighbour_rules_are_translation_and_scale_equivariant(rule):
+    own, messages, weight, self_weight = _neighbourhood(11)
+    t = torch.linspace(-3.0, 3.0, own.shape[1], dtype=torch.float64)
+    base = _aggregate(rule, own, messages, weight, self_weight)
+    moved = _aggregate(rule, own + t, messages + t, weight, self_weight)
+    torch.testing.assert_close(moved, base + t, rtol=1e-9, atol=1e-9)
+    scaled = _aggregate(rule, 2.5 * own, 2.5 * messages, weight, self_weight)
+    torch.testing.assert_close(scaled, 2.5 * base, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("rule", [r for r in NEIGHBOUR_RULES if r != "mean"])
+def test_robust_neighbour_rules_stay_bounded_with_b_outliers(rule):
+    own, messages, weight, self_weight = _neighbourhood(13, n=8)
+    messages[0] = 1e6
+    out = _aggregate(rule, own, messages, weight, self_weight, b=1)
+    honest = torch.cat([own, messages[1:]])
+    assert bool((out <= honest.max(0).values + 1.0).all() and (out >= honest.min(0).values - 1.0).all())
+
+
+def test_cli_refuses_bad_topologies_in_one_line(tmp_path):
+    from byzrsa.cli import main
+
+    for args in (["--topology", "moebius"], ["--topology", "er", "--set", "topology.p=2"],
+                 ["--topology", "edges", "--set", f"topology.file={tmp_path / 'missing.txt'}"],
+                 ["--topology", "ring", "--byzantine", "2", "--attack", "sign-flip", "--set", "topology.byzantine=1,4",
+                  "--workers", "6"]):
+        out = tmp_path / "run"
+        try:
+            code = main(["run", "--quiet", "--iterations", "2", "--out", str(out), *args])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        assert code == 2, args
+        assert not out.exists(), args
