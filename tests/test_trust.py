@@ -780,3 +780,20 @@ def test_the_master_accepts_only_greetings_signed_with_the_runs_token(caplog):
     for sock in clients:
         sock.close()
     listener.close()
+
+
+# ------------------------------------------------------------------------------------- Flower
+
+
+@pytest.mark.parametrize("bad", [{"lr": "fast"}, {"lamda": 0.1}, {"fraction-train": 0.0}, {"workres": 3}])
+def test_a_refused_flower_run_config_leaves_a_failed_summary(tmp_path, bad):
+    pytest.importorskip("flwr")
+    from byzrsa.engines.flower.server import run_server
+
+    out = tmp_path / "flower"
+    with pytest.raises(ConfigError) as info:
+        run_server(None, {"dataset": "digits", "workers": 4, "results-dir": str(out), **bad})
+    assert len(str(info.value).splitlines()) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("ConfigError: ")
+    assert run_state(out) == "failed"

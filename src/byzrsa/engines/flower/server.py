@@ -131,8 +131,17 @@ def _locals(grid: Grid, job: Job, strategy: ByzrsaStrategy, k: int) -> Tensor | 
 
 
 def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Run the job of ``run_config`` on ``grid``; return the summary (and write the results folder)."""
-    job = load_job(run_config)
+    """Run the job of ``run_config`` on ``grid``; return the summary (and write the results folder).
+
+    A run config that is refused (a bad value, an unknown key) still leaves a
+    ``summary.json`` saying ``failed``, with the one-line error, in the
+    results folder it names, when that folder can be written.
+    """
+    try:
+        job = load_job(run_config)
+    except Exception as exc:
+        _failed_before_start(run_config, exc)
+        raise
     c, settings = job.config, job.settings
     if c.threads is not None:
         torch.set_num_threads(c.threads)
@@ -184,6 +193,25 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
             extra["error"] = error
         summary = results.finish(status, base.x if base is not None else None, **extra)
     return summary
+
+
+def _failed_before_start(run_config: Mapping[str, Any], exc: BaseException) -> None:
+    import json
+    from pathlib import Path
+
+    from byzrsa.experiments.folders import atomic_write_text
+
+    folder = str(run_config.get("results-dir", "") or "")
+    if not folder:
+        return
+    lines = str(exc).strip().splitlines()
+    error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(folder) / "summary.json",
+                          json.dumps({"status": "failed", "engine": "flower", "error": error}, indent=2) + "\n")
+    except OSError:  # a results folder that is a file, or cannot be written: the error itself is raised
+        pass
 
 
 def server_app(run_config: Mapping[str, Any] | None = None) -> ServerApp:
