@@ -139,3 +139,15 @@ def test_a_sampler_hands_its_block_over_and_draws_the_same_stream():
     assert one.state_dict()["block"].numel() == 0  # nothing kept after the hand-over
     expected = torch.stack([other.next() for _ in range(2 * BATCH_BLOCK)])
     assert torch.equal(torch.cat(rows), expected[1:])
+
+
+def test_a_saved_state_keeps_its_indices_when_the_buffer_is_refilled(synthetic, monkeypatch):
+    from byzrsa.engines.common import BATCH_BLOCK
+
+    sim = run(synthetic, monkeypatch, "1", method="rsa", attack="none")
+    saved = sim.state_dict()
+    kept = saved["indices"].clone()
+    with torch.no_grad():
+        for _ in range(BATCH_BLOCK):  # past the next refill of the (refilled in place) index buffer
+            sim.step()
+    assert torch.equal(saved["indices"], kept)

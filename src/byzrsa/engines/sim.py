@@ -230,7 +230,7 @@ class Simulator:
             "workers": self.workers.cpu() if self.workers is not None else None,
             "momenta": self.momenta.cpu() if self.momenta is not None else None,
             "samplers": [sampler.state_dict() for sampler in self.samplers],
-            "indices": self._indices.cpu(),
+            "indices": self._indices.cpu().clone(),  # a copy: the buffer is refilled in place
             "row": self._row,
             "attack_generators": [g.get_state() for g in self.attack_context.generators],
             "attack_state": self.attack_context.state,
