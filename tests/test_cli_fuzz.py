@@ -107,6 +107,8 @@ IMPOSSIBLE = [
     ("threads beyond the machine", ["--threads", "100000"]),
     ("relative plugin path", ["--plugins", "../../x"]),
     ("plugin with a shell character", ["--plugins", "os;rm"]),
+    ("a plugin that is not installed", ["--plugins", "no_such_plugin_module_xyz"]),
+    ("10^4 dist workers", ["--engine", "dist", "--workers", "10000"]),
     ("batch of 10^10", ["--batch-size", "10000000000"]),
     ("10^8 workers", ["--workers", "100000000"]),
     ("a 10^9-unit hidden layer", ["--model", "mlp", "--mlp-hidden", "1000000000"]),
