@@ -98,8 +98,11 @@ def test_a_run_that_fails_midway_says_failed(tmp_path, monkeypatch):
     import toy_flaky  # noqa: F401
 
     out = tmp_path / "r"
-    with pytest.raises(RuntimeError, match="sixth call"):
+    from byzrsa.engines.plugins import PluginError
+
+    with pytest.raises(PluginError, match="plugin 'toy_flaky' failed during the run: RuntimeError: .*sixth call") as info:
         run({**SMALL, "byzantine": 1, "attack": "toy-flaky", "plugins": "toy_flaky", "eval_every": 2}, out)
+    assert isinstance(info.value.__cause__, RuntimeError)  # the plugin's own error, for --debug's traceback
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and "sixth call" in summary["error"] and not summary["interrupted"]
     assert run_state(out) == "failed" and not (out / MARKER).exists()
