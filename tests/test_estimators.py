@@ -186,7 +186,7 @@ def test_estimators_registry_lists_the_three():
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 @pytest.mark.parametrize("settings", [
-    dict(method="geomed", attack="sign-flip", vr="saga"),
+    pytest.param(dict(method="geomed", attack="sign-flip", vr="saga"), marks=pytest.mark.slow),  # ~8 s
     dict(method="rsa", attack="gaussian", vr="saga"),
 ], ids=["geomed-saga", "rsa-saga"])
 @pytest.mark.slow
