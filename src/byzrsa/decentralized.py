@@ -218,7 +218,7 @@ def check_graph_setting(config: Any, method: Any, rule_options: dict[str, Any]) 
     one: builds it (its own checks: connected regular subgraph, options), checks
     every regular node's neighbourhood against the rule, and refuses what has
     no decentralized counterpart here (pre-aggregators, momentum, Ideal SGD,
-    attacks that probe a master, the dist and Flower engines).
+    attacks that probe a master, NCCL and checkpoints on the dist engine).
     """
     from byzrsa.attacks import get_attack
     from byzrsa.errors import ConfigError
@@ -238,7 +238,10 @@ def check_graph_setting(config: Any, method: Any, rule_options: dict[str, Any]) 
         (bool(c.pre), "pre-aggregators are not available with --topology (each node aggregates its neighbours)"),
         (bool(c.momentum), "worker momentum is not available with --topology"),
         (method.regular_only, f"{c.method} has no decentralized counterpart: use mean (gossip) for the ceiling"),
-        (c.engine != "sim", "--topology runs on the simulator (--engine sim) only, for now"),
+        (c.engine == "dist" and c.backend != "gloo",
+         "--topology with --engine dist runs its nodes on the CPU (--backend gloo) only, for now"),
+        (c.engine == "dist" and bool(c.checkpoint_every),
+         "--topology with --engine dist has no checkpoints yet: drop --checkpoint-every, or use --engine sim"),
         (attack.needs_defence or attack.needs_master,
          f"attack {c.attack!r} probes a master's step, which a graph does not have"),
     ]

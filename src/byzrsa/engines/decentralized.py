@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import fmean
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,7 +49,7 @@ from byzrsa.methods import step_size
 from byzrsa.models import evaluate
 from byzrsa.penalties import subgradient_of_difference
 
-__all__ = ["GraphSimulator"]
+__all__ = ["GraphSimulator", "graph_metrics", "receiver_lies"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,29 @@ class _Receiver:
     byzantine_src: tuple[int, ...]
     byzantine_at: Tensor  # positions of the Byzantine messages in the edge arrays
     byzantine_weight: float
+
+
+def receiver_lies(parts: Any, regular: Tensor, own: Tensor | None, receiver: Tensor, *,
+                  generators: list[torch.Generator], f: int, regular_weights: Tensor, byzantine_weight: float,
+                  state: dict[str, Any]) -> Tensor:
+    """The messages of one regular receiver's Byzantine neighbours ``(len(generators), d)``, in sender order.
+
+    ``regular`` are its regular neighbours' messages (by sender), ``own`` its
+    Byzantine neighbours' true values (None when the attack does not read them),
+    ``receiver`` its own model; the attack sees ``workers = n_i``,
+    ``byzantine = b``, ``f = b_i`` and one generator per Byzantine neighbour (a
+    row's random draws come from its sender's stream alone, so a process that
+    forges only its own row draws what the simulator draws).
+    """
+    c = parts.config
+    if own is None:  # placeholders of the right shape; the attack does not read them
+        own = regular.new_zeros(()).expand(len(generators), receiver.shape[-1])
+    ctx = AttackContext(
+        generators=generators, workers=len(regular) + len(generators) + 1, byzantine=len(generators), f=f,
+        lam=c.lam, p=parts.p, state=state, receiver=receiver, regular_weights=regular_weights,
+        byzantine_weight=byzantine_weight,
+    )
+    return parts.attack(regular, own, ctx, **parts.attack_options)
 
 
 class GraphSimulator(Simulator):
@@ -134,18 +158,12 @@ class GraphSimulator(Simulator):
         generators = self.attack_context.generators  # one per Byzantine node, node order
         for rec in self._receivers:
             byz = rec.byzantine_src
-            if pb.needs_own:
-                own = sent[list(byz)]
-            else:  # placeholders of the right shape; the attack does not read them
-                own = sent.new_zeros(()).expand(len(byz), sent.shape[1])
-            ctx = AttackContext(
-                generators=[generators[j - c.regular] for j in byz],
-                workers=len(rec.regular_src) + len(byz) + 1, byzantine=len(byz), f=self.edges.b[rec.node],
-                lam=c.lam, p=pb.p, state=self.attack_context.state.setdefault(f"receiver {rec.node}", {}),
-                receiver=sent[rec.node], regular_weights=rec.regular_weights.to(sent.device),
-                byzantine_weight=rec.byzantine_weight,
-            )
-            rows.append(pb.attack(sent.index_select(0, rec.regular_src.to(sent.device)), own, ctx, **pb.attack_options))
+            rows.append(receiver_lies(
+                pb, sent.index_select(0, rec.regular_src.to(sent.device)), sent[list(byz)] if pb.needs_own else None,
+                sent[rec.node], generators=[generators[j - c.regular] for j in byz], f=self.edges.b[rec.node],
+                regular_weights=rec.regular_weights.to(sent.device), byzantine_weight=rec.byzantine_weight,
+                state=self.attack_context.state.setdefault(f"receiver {rec.node}", {}),
+            ))
             positions.append(rec.byzantine_at)
         if not rows:
             return torch.zeros(0, dtype=torch.int64), sent[:0]
@@ -232,16 +250,20 @@ class GraphSimulator(Simulator):
         ``variance`` is the consensus distance :math:`\\frac1r\\sum_i \\|x_i - \\bar x\\|^2`;
         ``train_loss`` is the average model's.
         """
-        pb, r = self.problem, self.problem.config.regular
-        models = self.workers[:r]
-        scores = [evaluate(pb.model, models[i], pb.test_x, pb.test_y) for i in range(r)]
-        average = models.mean(dim=0)
-        average_accuracy, _ = evaluate(pb.model, average, pb.test_x, pb.test_y)
-        _, train_loss = evaluate(pb.model, average, pb.train_x, pb.train_y)
-        accuracies = [a for a, _ in scores]
-        losses = [loss for _, loss in scores]
-        return {
-            "accuracy": fmean(accuracies), "test_loss": fmean(losses) if all(map(math.isfinite, losses)) else math.inf,
-            "train_loss": train_loss, "variance": float(((models - average) ** 2).sum(dim=1).mean()),
-            "accuracy_min": min(accuracies), "accuracy_max": max(accuracies), "average_accuracy": average_accuracy,
-        }
+        return graph_metrics(self.problem, self.workers[: self.problem.config.regular])
+
+
+def graph_metrics(problem: Problem, models: Tensor) -> dict[str, float]:
+    """:meth:`GraphSimulator.metrics` of the regular nodes' models ``(r, d)`` (the dist engine's rows too)."""
+    pb = problem
+    scores = [evaluate(pb.model, models[i], pb.test_x, pb.test_y) for i in range(models.shape[0])]
+    average = models.mean(dim=0)
+    average_accuracy, _ = evaluate(pb.model, average, pb.test_x, pb.test_y)
+    _, train_loss = evaluate(pb.model, average, pb.train_x, pb.train_y)
+    accuracies = [a for a, _ in scores]
+    losses = [loss for _, loss in scores]
+    return {
+        "accuracy": fmean(accuracies), "test_loss": fmean(losses) if all(map(math.isfinite, losses)) else math.inf,
+        "train_loss": train_loss, "variance": float(((models - average) ** 2).sum(dim=1).mean()),
+        "accuracy_min": min(accuracies), "accuracy_max": max(accuracies), "average_accuracy": average_accuracy,
+    }

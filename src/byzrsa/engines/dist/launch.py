@@ -72,8 +72,11 @@ def _env(**values: str | None) -> Iterator[None]:
 
 
 def _local_worker_process(spec_blob: bytes, rank: int, world: int, store_path: str, env: dict[str, str],
-                          parent: Any) -> None:
-    """Entry of a locally launched worker process (forked by multiprocessing's forkserver)."""
+                          parent: Any, peers: bool = False) -> None:
+    """Entry of a locally launched worker process (forked by multiprocessing's forkserver).
+
+    ``peers``: a node of a decentralized run (:mod:`byzrsa.engines.dist.peer`), which needs no process group.
+    """
     os.environ.update(env)
     code = 1
     try:
@@ -92,9 +95,14 @@ def _local_worker_process(spec_blob: bytes, rank: int, world: int, store_path: s
         store = dist.FileStore(store_path, world)
         store.set(f"byzrsa/ready/{rank}", "1")
         device = process_device(spec.config, rank)
-        dist.init_process_group(spec.config.backend, store=store, rank=rank, world_size=world,
-                                timeout=pg_timeout(spec.config))
-        code = worker_main(spec, rank, device)
+        if peers:
+            from byzrsa.engines.dist.peer import node_main
+
+            code = node_main(spec, store, device)
+        else:
+            dist.init_process_group(spec.config.backend, store=store, rank=rank, world_size=world,
+                                    timeout=pg_timeout(spec.config))
+            code = worker_main(spec, rank, device)
     except KeyboardInterrupt:
         code = 130
     except BaseException:  # a bug: say where, since os._exit below skips Python's own report
@@ -180,8 +188,10 @@ class LocalLaunch:
     also ends itself when this process dies.
     """
 
-    def __init__(self, problem: Problem, faults: FaultPlan, *, echo: bool = False) -> None:
+    def __init__(self, problem: Problem, faults: FaultPlan, *, echo: bool = False, peers: bool = False) -> None:
         self.problem = problem
+        self.peers = peers  # the nodes of a decentralized run: no process group, this process only collects
+        self.store: Any = None
         self.faults = faults
         self.echo = echo
         self.procs: dict[int, Any] = {}
@@ -215,7 +225,7 @@ class LocalLaunch:
                 reader, writer = ctx.Pipe(duplex=False)
                 proc = ctx.Process(
                     target=_local_worker_process,
-                    args=(spec.to_bytes(), w + 1, world, store_path, worker_env, reader),
+                    args=(spec.to_bytes(), w + 1, world, store_path, worker_env, reader, self.peers),
                     name=f"byzrsa-worker-{w}",
                     daemon=True,
                 )
@@ -224,8 +234,10 @@ class LocalLaunch:
                 reader.close()
                 self.pipes.append(writer)
                 self.procs[w] = proc
-            store = dist.FileStore(store_path, world)
+            store = self.store = dist.FileStore(store_path, world)
             self._await_ready(store, c)
+            if self.peers:
+                return self
             self.excepthook = sys.excepthook  # init_process_group wraps it for good; put it back on exit
             with _env(**env):
                 dist.init_process_group(c.backend, store=store, rank=0, world_size=world, timeout=pg_timeout(c))
@@ -324,6 +336,15 @@ def run_local(
     """
     c = problem.config
     faults = FaultPlan.from_env() if faults is None else faults
+    if problem.topology is not None:  # a decentralized run: one process per node, no master
+        from byzrsa.engines.dist.peer import run_peers
+
+        if resume is not None:
+            raise DistError("--topology with --engine dist has no checkpoints to resume from yet: use --engine sim")
+        if _ATTACHED is not None:
+            raise DistError("--topology with --engine dist is launched by byzrsa on this machine, not by torchrun, for now")
+        yield from run_peers(problem, extra, faults)
+        return
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if c.checkpoint_every and checkpoint_dir is None:
         log.warning("checkpoint_every=%d but no results folder was given: no checkpoints are written", c.checkpoint_every)

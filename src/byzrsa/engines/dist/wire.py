@@ -221,17 +221,20 @@ def listen(host: str) -> socket.socket:
     return socket.create_server((host, 0), family=family, backlog=1024)
 
 
-def publish(store: Any, listener: socket.socket, token: str) -> None:
-    """Put the listener's address in the store, signed with the token, for the workers to find."""
+def publish(store: Any, listener: socket.socket, token: str, key: str = LINK_KEY) -> None:
+    """Put the listener's address in the store under ``key``, signed with the token, for the workers to find."""
     host, port = listener.getsockname()[:2]
     address = f"{host}|{port}"
-    store.set(LINK_KEY, json.dumps({"address": address, "mac": sign(token, address)}))
+    store.set(key, json.dumps({"address": address, "mac": sign(token, address)}))
 
 
-def connect(store: Any, token: str, deadline: float) -> socket.socket:
-    """Worker: the master's published address (its signature checked), connected; :class:`PeerLost` if not."""
+def connect(store: Any, token: str, deadline: float, key: str = LINK_KEY) -> socket.socket:
+    """Worker: the master's published address (its signature checked), connected; :class:`PeerLost` if not.
+
+    ``key``: another listener's address (a neighbour's, in a decentralized run).
+    """
     try:
-        record = json.loads(store.get(LINK_KEY).decode())
+        record = json.loads(store.get(key).decode())
         address, mac = str(record["address"]), str(record["mac"])
     except Exception as exc:  # noqa: BLE001 - no key within the store's timeout, or a value that is not ours
         raise PeerLost(f"no master address in the store ({type(exc).__name__})") from None
@@ -255,17 +258,20 @@ def accept_links(
     token: str,
     deadline: float,
     settle: float,
+    expected: set[int] | None = None,
 ) -> dict[int, SocketLink]:
     """Accept the workers' connections until every one has greeted or ``deadline``; one link per worker.
 
     A connection's first frame must be a HELLO whose JSON names a worker index
     not yet taken and carries the token's signature of that index; any other
     connection is closed and logged (a process that is not one of this run's
-    workers, or a second claim on an index).
+    workers, or a second claim on an index). ``expected``: only these indices
+    may connect, and the wait ends once they all have (a node's neighbours).
     """
     links: dict[int, SocketLink] = {}
+    wanted = set(range(workers)) if expected is None else set(expected)
     listener.setblocking(False)
-    while len(links) < workers and time.monotonic() < deadline:
+    while not wanted <= links.keys() and time.monotonic() < deadline:
         ready, _, _ = select.select([listener], [], [], min(0.2, max(deadline - time.monotonic(), 0)))
         if not ready:
             continue
@@ -281,7 +287,7 @@ def accept_links(
             why = check_frame(first, kind=Kind.HELLO, iteration=0, dtype=torch.uint8)
             hello = json.loads(first.blob().decode()) if why is None else {}
             w = hello.get("worker") if isinstance(hello, dict) else None
-            if why is None and (not isinstance(w, int) or isinstance(w, bool) or not 0 <= w < workers):
+            if why is None and (not isinstance(w, int) or isinstance(w, bool) or w not in wanted):
                 why = f"it claims to be worker {w!r:.20}"
             elif why is None and w in links:
                 why = f"worker {w} has already connected"
