@@ -514,6 +514,35 @@ def test_reproduce_on_a_full_disk_ends_in_one_line(tmp_path):
     assert not (out / "figures" / "fig4a.png").exists()
 
 
+DISK_GRID = """
+name = "disk"
+seeds = [0]
+byzantine = [2]
+levels = ["iid"]
+attacks = ["none", "sign-flip"]
+[base]
+dataset = "digits"
+workers = 10
+iterations = 20
+eval_every = 10
+[[methods]]
+method = "median"
+lr = 0.1
+"""
+
+
+@pytest.mark.slow
+def test_bench_on_a_full_disk_ends_in_one_line(tmp_path):
+    out = tmp_path / "bench"
+    (tmp_path / "g.toml").write_text(DISK_GRID)
+    done = _limited(["bench", "--grid", str(tmp_path / "g.toml"), "--untuned", "--jobs", "1", "--quiet", "--out",
+                     str(out)], 10_000)  # the runs and the tables fit; the heatmap does not
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "heatmap" in lines[0] and ".png: File too large" in lines[0]
+    assert not list(out.rglob(MARKER)) and _temporaries(out) == []
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_out_is_one_line_for_every_command(tmp_path):
     out = tmp_path / "ro"

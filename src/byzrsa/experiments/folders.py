@@ -27,7 +27,7 @@ from byzrsa.errors import ConfigError, WriteError
 
 __all__ = [
     "MARKER", "RUN_FILES", "STATES", "atomic_write_text", "atomic_path", "check_folder", "run_state", "claim_folder",
-    "release_folder", "remove_temporaries", "SUMMARY_FIELDS", "provenance", "utc_now",
+    "release_folder", "remove_temporaries", "SUMMARY_FIELDS", "atomic_savefig", "provenance", "utc_now",
 ]
 
 MARKER = ".running"
@@ -55,6 +55,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise WriteError.from_os(exc, path) from None
+
+
+def atomic_savefig(fig: Any, path: Path, **kwargs: Any) -> Path:
+    """``fig.savefig`` through a temporary file and a rename; a failed write leaves no partial file (WriteError)."""
+    tmp = atomic_path(path)
+    try:
+        fig.savefig(tmp, **kwargs)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WriteError.from_os(exc, path) from None
+    return path
 
 
 def remove_temporaries(folder: Path) -> None:

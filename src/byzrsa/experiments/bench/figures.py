@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
 from byzrsa.experiments.bench.stats import CellResult
+from byzrsa.experiments.folders import atomic_savefig
 
 __all__ = ["heatmap", "curves", "slug"]
 
@@ -24,9 +25,11 @@ def slug(text: str) -> str:
 def _save(fig: plt.Figure, path: Path) -> list[Path]:
     # not with_suffix: a level such as "dirichlet 1.0" puts a dot in the stem
     paths = [path.parent / f"{path.name}.png", path.parent / f"{path.name}.svg"]
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
+    try:
+        for p in paths:  # a full disk: one line naming the file, and no half-written figure
+            atomic_savefig(fig, p)
+    finally:
+        plt.close(fig)
     return paths
 
 
