@@ -72,6 +72,18 @@ def test_a_killed_node_is_dropped_by_its_neighbours_and_the_metrics():
     assert last["iteration"] == 4 and math.isfinite(last["train_loss"]) and last["variance"] != sim[-1]["variance"]
 
 
+def test_a_hung_node_is_dropped_after_the_timeout():
+    _, dist, extra = both("3:3:hang", topology="ring", method="median", attack="sign-flip", workers=6, byzantine=1,
+                          timeout=1.0, agg_f=0)
+    by_launcher = [d for d in extra["dead_workers"] if "dropped_by" not in d]
+    assert by_launcher == [{"worker": 3, "iteration": 4, "reason": "did not report within 4 s of the others"}]
+    dropped = {(d["worker"], d["dropped_by"], d["reason"]) for d in extra["dead_workers"] if "dropped_by" in d}
+    # its ring neighbours and the Byzantine node two hops away; nobody else (the late ones sent HOLDs)
+    assert dropped == {(3, 2, "iteration 3: timed out"), (3, 4, "iteration 3: timed out"),
+                       (3, 5, "iteration 3: timed out")}
+    assert [r["iteration"] for r in dist] == [0, 2, 4] and math.isfinite(dist[-1]["train_loss"])
+
+
 def test_malformed_frames_are_byzantine_messages():
     _, dist, extra = both("2:2:size,1:2:foreign,0:3:kind,3:3:oversize", topology="er", method="mean",
                           attack="sign-flip")

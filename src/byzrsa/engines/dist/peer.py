@@ -54,8 +54,10 @@ nodes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -110,6 +112,7 @@ from byzrsa.methods import step_size
 __all__ = ["PeerPlan", "peer_plan", "node_main", "run_peers", "evaluations"]
 
 _STATS_BYTES = 1 << 16
+HOLD_CAP = 4  # a peer's HOLDs extend the wait for it to this many timeouts per round at most
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class Node:
         self.dead: dict[int, str] = {}
         self.malformed: dict[int, dict[str, Any]] = {}
         self.skipped = 0
+        self._next_hold = math.inf  # when this node, waiting, tells its out-peers it is alive
 
     # one round ---------------------------------------------------------------------------------
     def step(self, k: int, out: dict[int, Any], inp: dict[int, Any], sender: _Sender) -> None:
@@ -234,7 +238,8 @@ class Node:
         for v in plan.sends_to:
             if not self.forges or v >= r:
                 sender.put(out[v], k, true.clone(), fault)
-        got = self._read(k, inp)
+        self._next_hold = time.monotonic() + c.timeout / 2
+        got = self._read(k, inp, out, sender)
         if self.forges:
             for i, rows in self._lies(got, true):
                 sender.put(out[i], k, rows, fault)
@@ -266,16 +271,38 @@ class Node:
                 return
         self.x = aggregate_neighbourhoods(rule, *args, self.parts.rule_options)[0]
 
-    def _read(self, k: int, inp: dict[int, Any]) -> dict[int, Tensor]:
-        """This round's messages from every live in-peer: dead ones dropped for good, malformed ones for the round."""
-        deadline = time.monotonic() + self.config.timeout
+    def _read(self, k: int, inp: dict[int, Any], out: dict[int, Any], sender: _Sender) -> dict[int, Tensor]:
+        """This round's messages from every live in-peer: dead ones dropped for good, malformed ones for the round.
+
+        A peer is dropped after ``timeout`` seconds without a frame from it. A
+        node that waits sends a HOLD to its out-peers every ``timeout / 2``
+        seconds, each of which grants ``timeout`` more seconds (up to
+        ``HOLD_CAP`` timeouts in all per peer and round): a node held up by a hung
+        neighbour is late, not dead, and its own neighbours must not drop it.
+        """
+        t = self.config.timeout
         d, dtype = self.x.shape[0], self.worker.dtype
         got = {}
         for v in self.plan.hears_from:
             if v in self.dead:
                 continue
+            link = inp[v]
+            start = time.monotonic()
+            deadline, cap = start + t, start + HOLD_CAP * t
             try:
-                frame = inp[v].receive(deadline)
+                while True:
+                    now = time.monotonic()
+                    if now >= self._next_hold:
+                        self._hold(k, out, sender)
+                    if not select.select([link.sock], [], [], max(min(deadline, self._next_hold) - now, 0))[0]:
+                        if time.monotonic() >= deadline:
+                            link._close("timed out")  # raises PeerLost
+                        continue
+                    frame = link.receive(max(deadline, time.monotonic() + t))
+                    if frame.kind == Kind.HOLD and frame.iteration <= k:
+                        deadline = min(cap, time.monotonic() + t)
+                        continue
+                    break
                 why = check_frame(frame, kind=Kind.MSG, iteration=k, dtype=dtype, numel=d)
                 if why is None:
                     got[v] = frame.tensor().to(self.x.device)
@@ -290,7 +317,14 @@ class Node:
             entry["count"] += 1
             log.warning("node %d: neighbour %d sent an unusable message at iteration %d (%s): dropped",
                         self.node, v, k, why)
+        self._next_hold = math.inf
         return got
+
+    def _hold(self, k: int, out: dict[int, Any], sender: _Sender) -> None:
+        frame = encode(Kind.HOLD, k)
+        for v in self.plan.sends_to:
+            sender.put(out[v], k, frame)
+        self._next_hold = time.monotonic() + self.config.timeout / 2
 
     def _lies(self, got: dict[int, Tensor], true: Tensor) -> Iterator[tuple[int, Tensor]]:
         """This Byzantine node's message to each regular neighbour, receiver by receiver (the simulator's order)."""
@@ -372,6 +406,42 @@ def node_main(spec: WorkerSpec, store: Any, device: torch.device) -> int:
     return 0
 
 
+def _gather(links: dict[int, SocketLink], live: set[int], k: int, deadline: float, lag: float,
+            dead: list[dict[str, Any]], kill: Any) -> dict[int, Any]:
+    """Every live node's next frame, in arrival order; a node more than ``lag`` s behind the first is dropped.
+
+    The nodes move in step (each waits for its neighbours), so a node that has not
+    reported ``lag`` seconds after the first one has hung: it is declared dead
+    and ended, as its neighbours have already dropped it.
+    """
+    frames: dict[int, Any] = {}
+    pending = set(live)
+    while pending:
+        remaining = deadline - time.monotonic()
+        ready = select.select([links[w].sock for w in pending], [], [], max(remaining, 0))[0] if remaining > 0 else []
+        if not ready:
+            for w in sorted(pending):
+                reason = f"did not report within {lag:g} s of the others" if frames else "did not report"
+                live.discard(w)
+                dead.append({"worker": w, "iteration": k, "reason": reason})
+                log.warning("node %d lost at iteration %d (%s): continuing without it", w, k, reason)
+                kill(w)
+            break
+        for w in sorted(pending):
+            if links[w].sock not in ready:
+                continue
+            pending.discard(w)
+            try:
+                frames[w] = links[w].receive(time.monotonic() + lag)
+            except (PeerLost, Malformed) as exc:
+                live.discard(w)
+                dead.append({"worker": w, "iteration": k, "reason": str(exc)})
+                log.warning("node %d lost at iteration %d (%s): continuing without it", w, k, exc)
+                continue
+            deadline = min(deadline, time.monotonic() + lag)
+    return frames
+
+
 def run_peers(problem: Problem, extra: dict[str, Any], faults: FaultPlan | None = None) -> Iterator[dict[str, float]]:
     """Run the decentralized ``problem`` on one process per node; yield the simulator's metric rows.
 
@@ -384,8 +454,8 @@ def run_peers(problem: Problem, extra: dict[str, Any], faults: FaultPlan | None 
     c = problem.config
     faults = FaultPlan.from_env() if faults is None else faults
     d = problem.model.dim
-    dead: list[dict[str, Any]] = []
-    malformed: dict[str, dict[str, Any]] = {}
+    dead: list[dict[str, Any]] = extra.setdefault("dead_workers", [])  # filled as it happens (an interrupted run too)
+    malformed: dict[str, dict[str, Any]] = extra.setdefault("malformed_messages", {})
     with subnormals_flushed(), LocalLaunch(problem, faults, peers=True) as launch:
         listener = listen("127.0.0.1")
         publish(launch.store, listener, launch.token)
@@ -399,28 +469,19 @@ def run_peers(problem: Problem, extra: dict[str, Any], faults: FaultPlan | None 
             else:
                 dead.append({"worker": w, "iteration": 0, "reason": "never connected"})
         live = set(links)
-        train, previous = 0.0, 0
-        clock = time.perf_counter()
+        previous, start = 0, None
         for k in evaluations(c.iterations, c.eval_every):
             wait = master_silence(c) + (k - previous) * c.timeout
-            models = {}
-            for w in sorted(live):
-                try:
-                    frame = links[w].receive(time.monotonic() + wait)
-                except (PeerLost, Malformed) as exc:
-                    live.discard(w)
-                    dead.append({"worker": w, "iteration": k, "reason": str(exc)})
-                    log.warning("node %d lost at iteration %d (%s): continuing without it", w, k, exc)
-                    continue
-                if check_frame(frame, kind=Kind.LOCAL, iteration=k, dtype=problem.dtype, numel=d) is None:
-                    models[w] = frame.tensor().to(problem.device)
-            train += time.perf_counter() - clock
+            models = _gather(links, live, k, time.monotonic() + wait, HOLD_CAP * c.timeout, dead, launch.kill)
+            models = {w: f.tensor().to(problem.device) for w, f in models.items()
+                      if check_frame(f, kind=Kind.LOCAL, iteration=k, dtype=problem.dtype, numel=d) is None}
+            start = time.perf_counter() if start is None else start  # the nodes train from their k = 0 report on
+            train = time.perf_counter() - start
             regular = [models[w] for w in range(c.regular) if w in models]
             if not regular:
                 raise DistError(f"no regular node reported at iteration {k}")
             with torch.no_grad():
                 row = {"iteration": k, **graph_metrics(problem, torch.stack(regular)), "time": train}
-            clock = time.perf_counter()
             previous = k
             yield row
         for w in sorted(live):
@@ -438,7 +499,5 @@ def run_peers(problem: Problem, extra: dict[str, Any], faults: FaultPlan | None 
                 total["count"] += entry["count"]
         for link in links.values():
             link.close()  # the nodes leave
-    extra["dead_workers"] = dead
-    extra["malformed_messages"] = malformed
     extra["dist"] = {"backend": "sockets", "world_size": c.workers + 1, "peers": True,
                      "timing": {"iterations": c.iterations, "seconds_per_iteration": train / max(c.iterations, 1)}}

@@ -72,6 +72,7 @@ class Kind(IntEnum):
     STOP = 11  # master -> worker: the run is over, send your timings
     STATS = 12  # worker -> master: timings
     EXIT = 13  # master -> worker: not needed (idle, dead in the checkpoint): leave
+    HOLD = 14  # node -> node (decentralized runs): alive, still waiting on another peer in this round
 
 
 class Malformed(Exception):
