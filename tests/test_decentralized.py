@@ -264,6 +264,7 @@ def test_a_run_reports_the_spread_over_the_regular_nodes(synthetic):
     (dict(topology="er", pre=("nnm",), method="median"), "pre-aggregators"),
     (dict(topology="er", method="ideal-sgd"), "decentralized counterpart"),
     (dict(topology="er", engine="dist", checkpoint_every=5), "no checkpoints"),
+    (dict(topology="er", engine="dist", device="cuda", backend="nccl"), "on the CPU"),
     (dict(topology="er", attack="rsa-aware", byzantine=2), "master"),
     (dict(attack="dissensus", byzantine=2), "only on a graph"),
     (dict(**{"topology.p": 0.5}), "no --topology"),
