@@ -116,7 +116,9 @@ class GraphSimulator(Simulator):
         pair = (src < dst) & (dst < act) & ((dst < r) | (src >= r))
         self._pairs = (src[pair].to(problem.device), dst[pair].to(problem.device))
         self._mixed = torch.nonzero((dst < act) & ((src < r) != (dst < r))).flatten().to(problem.device)
-        dense = problem.rule is not None and problem.rule.name == "mean" and act == r and r <= 4096
+        # (a product costs r^2 d multiply-adds: worth it only where the edges are a fair share of all pairs)
+        dense = problem.rule is not None and problem.rule.name == "mean" and act == r and r <= 4096 \
+            and len(src) >= r * r // 8
         self._mixing = problem.topology.mixing(problem.dtype)[:r, :r].to(problem.device) if dense else None
 
     def _attacked_receivers(self) -> list[_Receiver]:
