@@ -165,6 +165,117 @@ def test_client_state_survives_context_state():
         ClientWorker(job, 3, kept).train(3, x0, report=False)
 
 
+def test_a_serverapp_error_is_one_line_in_flowers_log(capsys):
+    import logging
+
+    from byzrsa.engines.flower.server import OneLineErrors
+
+    record = logging.LogRecord("flwr", logging.ERROR, __file__, 1, "%s raised an exception", ("ServerApp",), None)
+    try:  # as the simulation wraps it: RuntimeError from the ServerApp's error
+        try:
+            raise ConfigError("fraction-train must be in (0, 1], got 0.0")
+        except ConfigError as exc:
+            raise RuntimeError("An error was encountered. Ending simulation.") from exc
+    except RuntimeError:
+        record.exc_info = sys.exc_info()
+    assert OneLineErrors().filter(record)
+    text = logging.Formatter().format(record)
+    assert text == "ServerApp raised an exception: ConfigError: fraction-train must be in (0, 1], got 0.0"
+    bug = logging.LogRecord("flwr", logging.ERROR, __file__, 1, "boom", (), None)
+    try:
+        raise KeyError("a bug")
+    except KeyError:
+        bug.exc_info = sys.exc_info()
+    OneLineErrors().filter(bug)
+    assert "Traceback" in logging.Formatter().format(bug)  # anything else keeps its traceback
+
+
+def test_results_folder_is_claimed_like_byzrsa_run(tmp_path):
+    from byzrsa.engines.flower.results import Results
+    from byzrsa.experiments.folders import MARKER, run_state
+
+    c = config(iterations=2, eval_every=1)
+    out = tmp_path / "run"
+    job = job_of(c, results_dir=str(out))
+    killed = Results(str(out), job)  # a ServerApp that is then killed (SIGKILL): it writes nothing more
+    killed.row({"iteration": 0, "accuracy": 0.5})
+    assert (out / MARKER).exists() and not (out / "summary.json").exists() and run_state(out) == "killed"
+    results = Results(str(out), job_of(c, results_dir=str(out), overwrite=True))  # a killed run needs overwrite too
+    for k in range(3):
+        results.row({"iteration": k, "accuracy": 0.5 + k / 10, "train_loss": 1.0 / (k + 1)})
+    summary = results.finish("completed", job.init_vector())
+    assert run_state(out) == "completed" and not (out / MARKER).exists()
+    assert summary["final_accuracy"] == 0.7 and summary["iterations"] == summary["planned_iterations"] == 2
+    with pytest.raises(ConfigError, match=r"results-dir .* already holds a run \(completed\); set overwrite=true") as info:
+        Results(str(out), job)
+    assert len(str(info.value).splitlines()) == 1 and run_state(out) == "completed"  # left as it was
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        Results(str(out / "summary.json"), job)
+    again = Results(str(out), job_of(c, results_dir=str(out), overwrite=True))
+    assert not (out / "summary.json").exists() and not (out / "x0.pt").exists()  # the old run's files are gone
+    again.finish("interrupted", None)
+    assert run_state(out) == "interrupted"
+    assert split_run_config({**flower_run_config(c), "overwrite": True})[1].overwrite
+
+
+def test_an_interrupted_serverapp_says_so(tmp_path):
+    from byzrsa.engines.flower.server import run_server
+    from byzrsa.experiments.folders import run_state
+
+    class Stopped:  # Flower's SIGTERM handler ends the ServerApp with sys.exit while it waits for nodes
+        def get_node_ids(self):
+            raise SystemExit(1)
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        run_server(Stopped(), {**flower_run_config(config()), "results-dir": str(out)})
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted" and run_state(out) == "interrupted"
+
+
+class _Grid:
+    """A Grid in one process: each pushed message goes straight to the ClientApp of its node (partition ids given)."""
+
+    def __init__(self, app, partitions: list[int], total: int | None = None) -> None:
+        from flwr.app import Context
+
+        self.app, self.replies = app, {}
+        self.contexts = {10 + i: Context(run_id=1, node_id=10 + i, node_config={"partition-id": p, "num-partitions": total or len(partitions)},
+                                         state=RecordDict(), run_config={}) for i, p in enumerate(partitions)}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:  # the SuperLink gives each message its id
+            message.metadata.__dict__["_message_id"] = ident = uuid.uuid4().hex
+            self.replies[ident] = self.app(message, self.contexts[message.metadata.dst_node_id])
+            ids.append(ident)
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.replies.pop(i) for i in ids if i in self.replies]
+
+
+def test_a_supernode_that_does_not_fit_is_one_line_naming_the_fix(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from byzrsa.engines.flower.server import discover
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what Flower's runtime sets in a ServerApp process
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    c = config()  # 4 workers
+    app, job = client_app(flower_run_config(c)), job_of(c, discovery_timeout=0.3)
+    assert discover(_Grid(app, [3, 1, 0, 2]), job) == {3: 10, 1: 11, 0: 12, 2: 13}
+    fix = 'num-supernodes=4".*partition-id=I num-partitions=4'
+    with pytest.raises(ConfigError, match=f"num-partitions 5 differs from the run's 4 workers; .*{fix}") as info:
+        discover(_Grid(app, [0, 1, 2, 3, 4]), job)  # num-supernodes=5: the clients answer with a one-line error
+    assert len(str(info.value).splitlines()) == 1 and "<class" not in str(info.value)
+    with pytest.raises(ConfigError, match='workers \\[3\\] never answered .*partition-id=I num-partitions=4.*num-supernodes=4'):
+        discover(_Grid(app, [0, 1, 2], total=4), job)  # a deployment whose 4th SuperNode never started
+
+
 # ----------------------------------------------------------------------------- Flower's simulation engine
 
 def _simulate(tmp_path: Path, c, **settings) -> tuple[dict, torch.Tensor, list[dict]]:

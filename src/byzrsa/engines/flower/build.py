@@ -9,8 +9,8 @@ Flower's run config (``[tool.flwr.app.config]`` in the app's
 ``pyproject.toml``, overridden by ``flwr run --run-config``) is a flat table
 of scalars. :func:`split_run_config` reads it in two parts:
 
-* keys with a hyphen are the engine's own settings (:class:`FlowerSettings`:
-  ``fraction-train``, ``round-timeout``, ...);
+* keys with a hyphen, and ``overwrite``, are the engine's own settings
+  (:class:`FlowerSettings`: ``fraction-train``, ``round-timeout``, ...);
 * every other key is a byzrsa setting, exactly as in a byzrsa TOML file or
   ``--set``: ``method``, ``lam``, ``attack``, ``byzantine``, ``workers``,
   ``iterations``, and dotted component options (``"attack.sigma" = -4.0``,
@@ -66,6 +66,9 @@ class FlowerSettings:
         Folder for config.json, metrics.csv, summary.json and x0.pt ("" = none).
     save_trajectory : bool
         Also write x0 after every round (trajectory.pt, (rounds + 1, d)).
+    overwrite : bool
+        Replace a run already in ``results_dir`` (``byzrsa run --overwrite``);
+        without it such a folder is refused before the run starts.
     """
 
     fraction_train: float = 1.0
@@ -76,6 +79,7 @@ class FlowerSettings:
     rescale_sum: bool = False
     results_dir: str = ""
     save_trajectory: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
@@ -87,7 +91,7 @@ class FlowerSettings:
 
     @staticmethod
     def keys() -> tuple[str, ...]:
-        # Every name has an underscore, so every key has a hyphen: byzrsa's own keys never do.
+        # Every name but overwrite has an underscore, so its key has a hyphen: byzrsa's own keys never do.
         return tuple(f.name.replace("_", "-") for f in fields(FlowerSettings))
 
 
@@ -115,10 +119,17 @@ def _settings(values: Mapping[str, Any]) -> FlowerSettings:
     return FlowerSettings(**out)
 
 
+def _is_engine_key(key: str) -> bool:
+    return "-" in key or key in _PLAIN_ENGINE_KEYS
+
+
+_PLAIN_ENGINE_KEYS = ("overwrite",)  # named as byzrsa run's flag, which has no hyphen
+
+
 def split_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, FlowerSettings]:
     """A Flower run config as (byzrsa config, engine settings); unknown keys are a :class:`ConfigError`."""
-    engine = {k: v for k, v in run_config.items() if "-" in k}
-    byzrsa = {k: v for k, v in run_config.items() if "-" not in k}
+    engine = {k: v for k, v in run_config.items() if _is_engine_key(k)}
+    byzrsa = {k: v for k, v in run_config.items() if not _is_engine_key(k)}
     return config_from_dict(byzrsa), _settings(engine)
 
 

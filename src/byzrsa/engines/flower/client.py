@@ -30,13 +30,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from torch import Tensor
 
 from byzrsa.engines.flower.build import Job, load_job
 from byzrsa.engines.flower.wire import META, MODEL, REPLY, ROUND, load_worker, read_vector, save_worker, vector_record
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ByzrsaError, ConfigError
 from byzrsa.methods import baseline_message, momentum_step, rsa_worker_step, step_size
 
 __all__ = ["client_app", "ClientWorker", "worker_of"]
@@ -187,7 +188,14 @@ def client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
 
     def bind(handler: Callable[[Message, Context, Mapping[str, Any]], Message]) -> Callable[[Message, Context], Message]:
         def call(message: Message, context: Context) -> Message:
-            return handler(message, context, {**defaults, **context.run_config})
+            try:
+                return handler(message, context, {**defaults, **context.run_config})
+            except ByzrsaError as exc:
+                # A user's mistake (a partition-id that does not fit, a refused run config) goes back to the
+                # ServerApp as an error reply, which names it in one line: raised here, Flower (and Ray, on the
+                # simulation engine) would print a traceback per node and the cause would drown in them.
+                reason = f"{type(exc).__name__}: {exc}"
+                return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
 
         return call
 

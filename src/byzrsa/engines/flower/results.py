@@ -2,10 +2,16 @@
 
 ``config.json`` (the resolved byzrsa config), ``flower.json`` (the engine's
 settings and which node was which worker), ``metrics.csv`` (one row per
-evaluation, flushed as it goes), ``summary.json`` (written as ``running`` at
-the start and rewritten as ``completed``, ``failed`` or ``interrupted``),
-``x0.pt`` (the final model) and, if asked, ``trajectory.pt`` (x0 after every
-round, ``(rounds + 1, d)``).
+evaluation, flushed as it goes), ``summary.json`` (written once, at the end:
+``completed``, ``failed`` or ``interrupted``), ``x0.pt`` (the final model) and,
+if asked, ``trajectory.pt`` (x0 after every round, ``(rounds + 1, d)``).
+
+The folder is claimed as ``byzrsa run --out`` claims its own
+(:func:`byzrsa.experiments.folders.claim_folder`): the in-progress marker is
+written first and removed after the summary, so a ServerApp killed with
+SIGKILL leaves a folder that reads as ``killed``, never as running or
+completed; a folder holding a run is refused unless the run config says
+``overwrite = true``.
 """
 
 from __future__ import annotations
@@ -21,10 +27,29 @@ import torch
 from torch import Tensor
 
 from byzrsa.engines.flower.build import Job
+from byzrsa.errors import ConfigError
+from byzrsa.experiments.folders import atomic_write_text, claim_folder, release_folder
 
-__all__ = ["Results", "METRIC_COLUMNS"]
+__all__ = ["Results", "METRIC_COLUMNS", "claim"]
 
 METRIC_COLUMNS = ("iteration", "accuracy", "test_loss", "train_loss", "variance", "time")
+FLOWER_FILES = ("flower.json", "x0.pt", "trajectory.pt")  # beside byzrsa run's own RUN_FILES
+
+
+def claim(folder: Path, overwrite: bool) -> None:
+    """Claim ``folder`` for this ServerApp (marker first) and clear an old run's files, or raise a one-line ConfigError.
+
+    claim_folder words its refusals for ``byzrsa run``'s flags; a Flower
+    run is configured by run-config keys, so the refusal names those.
+    """
+    try:
+        stale = claim_folder(folder, overwrite=overwrite)
+    except ConfigError as exc:
+        text = str(exc).replace(f"--out {folder}", f"results-dir {folder}")
+        raise ConfigError(text.replace("add --overwrite", "set overwrite=true in the run config")) from None
+    stale += [folder / name for name in FLOWER_FILES if stale and (folder / name).exists()]
+    for path in stale:
+        path.unlink(missing_ok=True)
 
 
 def _json_safe(value: Any) -> Any:
@@ -48,12 +73,15 @@ class Results:
         self._handle = None
         self._writer: csv.DictWriter | None = None
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / "config.json").write_text(job.config.to_json() + "\n")
-            self._handle = open(self.folder / "metrics.csv", "w", newline="")
-            self._writer = csv.DictWriter(self._handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            self._writer.writeheader()
-            self.summary("running")
+            claim(self.folder, job.settings.overwrite)
+            try:
+                atomic_write_text(self.folder / "config.json", job.config.to_json() + "\n")
+                self._handle = open(self.folder / "metrics.csv", "w", newline="")
+                self._writer = csv.DictWriter(self._handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+                self._writer.writeheader()
+            except BaseException:
+                release_folder(self.folder, None)  # no marker left behind by a run that never started
+                raise
 
     def nodes(self, nodes: dict[int, int]) -> None:
         if self.folder is not None:
@@ -72,20 +100,29 @@ class Results:
             self.trajectory.append(x.detach().cpu().clone())
 
     def summary(self, status: str, **extra: Any) -> dict[str, Any]:
+        """The summary: byzrsa run's fields (so ``run_state`` reads the folder) and the Flower engine's own."""
         final = self.rows[-1] if self.rows else {}
-        data = {"status": status, "engine": "flower", "method": self.job.config.method,
-                "attack": self.job.config.attack, "byzantine": self.job.config.byzantine,
+        c = self.job.config
+        accuracies = [row["accuracy"] for row in self.rows if math.isfinite(row.get("accuracy", math.nan))]
+        return {"status": status, "engine": "flower", "method": c.method, "attack": c.attack, "byzantine": c.byzantine,
+                "iterations": int(final.get("iteration", 0)), "planned_iterations": c.iterations,
+                "final_accuracy": final.get("accuracy"), "best_accuracy": max(accuracies, default=None),
+                "final_train_loss": final.get("train_loss"),
                 "rounds": int(final.get("iteration", 0)), "final": final, **extra}
-        if self.folder is not None:
-            (self.folder / "summary.json").write_text(json.dumps(_json_safe(data), indent=2) + "\n")
-        return data
 
     def finish(self, status: str, x: Tensor | None, **extra: Any) -> dict[str, Any]:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        if self.folder is not None and x is not None:
-            torch.save(x.detach().cpu(), self.folder / "x0.pt")
-            if self.trajectory:
-                torch.save(torch.stack(self.trajectory), self.folder / "trajectory.pt")
-        return self.summary(status, **extra)
+        """Close the metrics, save the model, then write summary.json and remove the marker (even if a save fails)."""
+        data = self.summary(status, **extra)
+        if self.folder is None:
+            return data
+        try:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+            if x is not None:
+                torch.save(x.detach().cpu(), self.folder / "x0.pt")
+                if self.trajectory:
+                    torch.save(torch.stack(self.trajectory), self.folder / "trajectory.pt")
+        finally:
+            release_folder(self.folder, _json_safe(data))
+        return data

@@ -32,11 +32,39 @@ from byzrsa.engines.flower.build import Job, load_job
 from byzrsa.engines.flower.results import Results
 from byzrsa.engines.flower.strategy import ByzrsaStrategy, make_strategy
 from byzrsa.engines.flower.wire import META, REPLY, ROUND, read_vector
-from byzrsa.errors import ConfigError
+from byzrsa.errors import ByzrsaError, ConfigError
 
-__all__ = ["server_app", "run_server", "discover", "exchange"]
+__all__ = ["server_app", "run_server", "discover", "exchange", "OneLineErrors"]
 
 log = logging.getLogger("flwr")
+
+
+class OneLineErrors(logging.Filter):
+    """Flower's record of a ServerApp that raised a byzrsa error, as one line instead of a traceback.
+
+    Flower logs an exception from the ServerApp (``ServerApp raised an
+    exception``, or the simulation's wrapping ``RuntimeError``) with its
+    traceback. When the cause is a :class:`~byzrsa.errors.ByzrsaError` (a
+    user's mistake, whose message names the fix) the traceback says nothing
+    more, so the record keeps its message and gains the error's one line.
+    Other exceptions (byzrsa's bugs, Flower's) keep their traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        seen = set()
+        while error is not None and not isinstance(error, ByzrsaError) and id(error) not in seen:
+            seen.add(id(error))
+            error = error.__cause__ or error.__context__
+        if isinstance(error, ByzrsaError):
+            record.msg, record.args = f"{record.getMessage()}: {type(error).__name__}: {error}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _one_line_errors() -> None:
+    if not any(isinstance(f, OneLineErrors) for f in log.filters):
+        log.addFilter(OneLineErrors())
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float, poll: float) -> list[Message]:
@@ -70,6 +98,7 @@ def discover(grid: Grid, job: Job) -> dict[int, int]:
             raise ConfigError(
                 f"workers {missing} never answered within discovery-timeout={settings.discovery_timeout:g} s: "
                 f"start one SuperNode per worker with --node-config \"partition-id=I num-partitions={job.workers}\""
+                f" (simulation engine: --federation-config \"num-supernodes={job.workers}\")"
             )
         pending = [n for n in grid.get_node_ids() if n not in answered]
         if not pending:
@@ -83,7 +112,11 @@ def discover(grid: Grid, job: Job) -> dict[int, int]:
         for reply in exchange(grid, hello, min(left, 30.0), settings.poll_interval):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                raise ConfigError(f"node {node} could not join the run: {reply.error.reason}")
+                raise ConfigError(
+                    f"node {node} could not join the run: {reply.error.reason}; each SuperNode must be one of the "
+                    f"{job.workers} workers (simulation engine: --federation-config \"num-supernodes={job.workers}\"; "
+                    f"deployment: --node-config \"partition-id=I num-partitions={job.workers}\", I in 0..{job.workers - 1})"
+                )
             meta = reply.content.config_records[META]
             worker = int(meta["worker"])
             if meta["fingerprint"] != job.fingerprint:
@@ -178,7 +211,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
                     log.info("byzrsa round %d/%d: accuracy %.4f, %d of %d messages arrived", k, rounds,
                              row["accuracy"], counts["arrived"], counts["sampled"])
         status = "completed"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Flower's SIGTERM/SIGINT handler ends the ServerApp with sys.exit
         status = "interrupted"
         raise
     except Exception as exc:
@@ -201,8 +234,10 @@ def _failed_before_start(run_config: Mapping[str, Any], exc: BaseException) -> N
 
     from byzrsa.experiments.folders import atomic_write_text
 
+    from byzrsa.experiments.folders import run_state
+
     folder = str(run_config.get("results-dir", "") or "")
-    if not folder:
+    if not folder or run_state(folder) != "missing":  # never written over another run's results
         return
     lines = str(exc).strip().splitlines()
     error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
@@ -222,6 +257,7 @@ def server_app(run_config: Mapping[str, Any] | None = None) -> ServerApp:
     """
     app = ServerApp()
     defaults = dict(run_config or {})
+    _one_line_errors()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
