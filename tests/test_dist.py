@@ -23,6 +23,7 @@ import torch
 from byzrsa.engines import dist as engine
 from byzrsa.engines.dist import transport
 from byzrsa.engines.common import build_problem
+from byzrsa.engines.plugins import PluginError
 from byzrsa.engines.sim import simulate
 from byzrsa.errors import ByzrsaError
 from byzrsa.config import RunConfig
@@ -344,8 +345,10 @@ def test_a_rule_bug_is_raised_not_skipped(tmp_path, monkeypatch):
 
     c = config(method="toy-broken", plugins="toy_broken", attack="none")
     try:
-        with pytest.raises(RuntimeError, match="a bug inside the rule"):
+        # the plugin's error ends the run, named as the plugin's (docs/trust.md), with the bug as its cause
+        with pytest.raises(PluginError, match="plugin 'toy_broken' failed during the run: RuntimeError: a bug") as info:
             run(c.replace(engine="dist"))
+        assert isinstance(info.value.__cause__, RuntimeError)
     finally:
         from byzrsa.aggregators import RULES
 
