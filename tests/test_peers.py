@@ -95,6 +95,7 @@ def test_a_killed_node_is_dropped_and_drsa_goes_on_as_on_the_graph_without_it():
     assert dist[-1]["variance"] != sim[-1]["variance"]
 
 
+@pytest.mark.slow  # waits out two timeouts (about 5 s)
 def test_a_hung_node_is_dropped_after_the_timeout():
     _, dist, extra = both("3:3:hang", topology="ring", method="median", attack="sign-flip", workers=6, byzantine=1,
                           timeout=1.0, agg_f=0)
