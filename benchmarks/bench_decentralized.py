@@ -57,6 +57,8 @@ class NodeLoop:
 
     def step(self, method: str, alpha: float, lam: float, mu: float) -> None:
         grads = [self._grad(i) for i in range(len(self.models))]
+        if method != "rsa":
+            half = [x - alpha * (g + mu * x) for x, g in zip(self.models, grads)]
         new = []
         for i, x_i in enumerate(self.models):
             if method == "rsa":
@@ -65,7 +67,6 @@ class NodeLoop:
                     pull += torch.sign(x_i - self.models[j])
                 new.append(x_i - alpha * (grads[i] + mu * x_i + lam * pull))
             else:
-                half = [x - alpha * (g + mu * x) for x, g in zip(self.models, grads)] if i == 0 else half
                 total = self.w[i, i] * half[i]
                 for j in self.neighbours[i]:
                     total = total + self.w[i, j] * half[j]

@@ -160,7 +160,6 @@ def graph_reference_run(problem, iterations: int) -> np.ndarray:
     W = topology.mixing(torch.float64).numpy()
     classes = problem.dataset.num_classes
     x_all, y_all = problem.train_x.double().numpy(), problem.train_y.numpy()
-    attack = problem.attack
     active = m if problem.needs_own else r
     samplers = [problem.sampler(i) for i in range(active)]
     gens = problem.attack_generators()

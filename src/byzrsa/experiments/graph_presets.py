@@ -10,19 +10,13 @@ for every grid (``--untuned`` keeps them).
 
 from __future__ import annotations
 
-from typing import Any
 
 from byzrsa.experiments.bench.grid import AttackSpec, Grid, Level, MethodSpec, Published, Tuning
 
 __all__ = ["IOS_TSP2023", "IOS_PUBLISHED", "DRSA_SP2021", "GRAPH_PRESETS"]
 
 
-def _attack(label: str, name: str, **options: Any) -> AttackSpec:
-    return AttackSpec(label, {"attack": name, **{f"attack.{k}": v for k, v in options.items()}})
-
-
-def _m(label: str, method: str, lr: float, **settings: Any) -> MethodSpec:
-    return MethodSpec(label, {"method": method, "lr": lr, **settings})
+_attack, _m = AttackSpec.of, MethodSpec.of
 
 
 _SEEDS = (0, 1, 2, 3, 4)

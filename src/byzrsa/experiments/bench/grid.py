@@ -54,6 +54,11 @@ class MethodSpec:
     settings: Mapping[str, Any]
     tune: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, label: str, method: str, lr: float, **settings: Any) -> MethodSpec:
+        """The row ``label``: ``method`` starting at step size ``lr`` with further ``settings``."""
+        return cls(label, {"method": method, "lr": lr, **settings})
+
 
 @dataclass(frozen=True)
 class AttackSpec:
@@ -61,6 +66,11 @@ class AttackSpec:
 
     label: str
     settings: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, label: str, name: str, **options: Any) -> AttackSpec:
+        """The column ``label``: attack ``name`` with ``options`` (``AttackSpec.of("IPM 0.1", "ipm", epsilon=0.1)``)."""
+        return cls(label, {"attack": name, **{f"attack.{k}": v for k, v in options.items()}})
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,7 @@ __all__ = ["PRESETS", "QUICK", "PAPER_PLUS", "FMNIST_CNN", "BUCKETING_EXP3", "de
 
 # --------------------------------------------------------------------------- building blocks
 
-def _attack(label: str, name: str, **options: Any) -> AttackSpec:
-    return AttackSpec(label, {"attack": name, **{f"attack.{k}": v for k, v in options.items()}})
+_attack = AttackSpec.of
 
 
 NONE = _attack("none", "none")
@@ -55,8 +54,7 @@ NEGATED_COPY = _attack("negated copy", "negated-copy")
 SEEDS = (0, 1, 2, 3, 4)
 
 
-def _m(label: str, method: str, lr: float, **settings: Any) -> MethodSpec:
-    return MethodSpec(label, {"method": method, "lr": lr, **settings})
+_m = MethodSpec.of
 
 
 def _bucketing(spec: MethodSpec, s: int = 2) -> MethodSpec:
