@@ -23,7 +23,7 @@ from byzrsa.attacks import ATTACKS
 from byzrsa.cli import main
 from byzrsa.config import KEYS, RunConfig
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.folders import run_state
+from byzrsa.folders import run_state
 from byzrsa.models import MODELS
 from byzrsa.preaggregators import PRE_AGGREGATORS
 

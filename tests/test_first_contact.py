@@ -219,7 +219,7 @@ def test_run_folder_records_what_produced_it(tmp_path):
 def test_git_commit_is_recorded_from_a_checkout_and_fails_silently_without_git(monkeypatch):
     import subprocess as sp
 
-    from byzrsa.experiments import folders
+    from byzrsa import folders
 
     repo = sp.run(["git", "-C", os.path.dirname(folders.__file__), "rev-parse", "HEAD"], capture_output=True, text=True)
     if repo.returncode == 0:

@@ -192,7 +192,7 @@ def test_a_serverapp_error_is_one_line_in_flowers_log(capsys):
 
 def test_results_folder_is_claimed_like_byzrsa_run(tmp_path):
     from byzrsa.engines.flower.results import Results
-    from byzrsa.experiments.folders import MARKER, run_state
+    from byzrsa.folders import MARKER, run_state
 
     c = config(iterations=2, eval_every=1)
     out = tmp_path / "run"
@@ -220,7 +220,7 @@ def test_results_folder_is_claimed_like_byzrsa_run(tmp_path):
 
 def test_an_interrupted_serverapp_says_so(tmp_path):
     from byzrsa.engines.flower.server import run_server
-    from byzrsa.experiments.folders import run_state
+    from byzrsa.folders import run_state
 
     class Stopped:  # Flower's SIGTERM handler ends the ServerApp with sys.exit while it waits for nodes
         def get_node_ids(self):

@@ -17,7 +17,7 @@ import pytest
 from processes import lock_held_elsewhere, marked_processes, wait_gone
 from byzrsa.cli import main
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.folders import MARKER, run_state
+from byzrsa.folders import MARKER, run_state
 from byzrsa.experiments.runner import run
 
 SMALL = dict(dataset="digits", workers=4, iterations=20, eval_every=10)

@@ -28,7 +28,7 @@ import torch
 from processes import lock_held_elsewhere, marked_processes, wait_gone
 from byzrsa.cli import main
 from byzrsa.errors import ByzrsaError, ConfigError
-from byzrsa.experiments.folders import MARKER, run_state
+from byzrsa.folders import MARKER, run_state
 from byzrsa.experiments.runner import run
 
 SMALL = dict(dataset="digits", workers=4, iterations=20, eval_every=10)
@@ -562,7 +562,7 @@ def test_a_read_only_out_is_one_line_for_every_command(tmp_path):
 
 
 def _claim(out: str, start, results) -> None:
-    from byzrsa.experiments.folders import claim_folder
+    from byzrsa.folders import claim_folder
 
     start.wait()
     try:

@@ -24,7 +24,7 @@ from byzrsa.data import Dataset
 from byzrsa.engines.common import build_problem, validate
 from byzrsa.engines.plugins import blame
 from byzrsa.errors import ByzrsaError, ConfigError, WriteError
-from byzrsa.experiments.folders import atomic_path, atomic_write_text, claim_folder, provenance, release_folder, utc_now
+from byzrsa.folders import atomic_path, atomic_write_text, claim_folder, provenance, release_folder, utc_now
 from byzrsa.experiments.plots import plot_curves
 from byzrsa.decentralized import GRAPH_METRICS
 from byzrsa.methods import get_method
@@ -75,7 +75,7 @@ def run(
     ``out`` must be new or empty unless ``overwrite`` (replace the run there)
     or it is the ``resume`` folder; its ``summary.json`` says ``completed``,
     ``interrupted`` (with the iteration reached and the signal) or ``failed``
-    (with the one-line error), see :mod:`byzrsa.experiments.folders`. The
+    (with the one-line error), see :mod:`byzrsa.folders`. The
     caller's torch thread count is restored on return.
 
     Raises :class:`byzrsa.errors.ByzrsaError` for an impossible config or

@@ -70,7 +70,7 @@ def tune(
     folder's lock throughout, like ``reproduce``. ``lams`` only applies to RSA.
     Every input is checked before any run starts.
     """
-    from byzrsa.experiments.folders import check_folder
+    from byzrsa.folders import check_folder
     from byzrsa.experiments.paper import _exclusive
 
     if isinstance(config, Mapping):
@@ -124,7 +124,7 @@ def _tune(
     config: RunConfig, lrs: list[float], lams: list[float] | None, out: Path, jobs: int | None, quiet: bool,
     extensions: int,
 ) -> dict[str, Any]:
-    from byzrsa.experiments.folders import atomic_write_text
+    from byzrsa.folders import atomic_write_text
     from byzrsa.experiments.paper import execute, is_done, run_folder
     from byzrsa.experiments.paper.plan import canonical, run_key
     from byzrsa.experiments.paper.report import final_values

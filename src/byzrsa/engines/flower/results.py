@@ -7,7 +7,7 @@ evaluation, flushed as it goes), ``summary.json`` (written once, at the end:
 if asked, ``trajectory.pt`` (x0 after every round, ``(rounds + 1, d)``).
 
 The folder is claimed as ``byzrsa run --out`` claims its own
-(:func:`byzrsa.experiments.folders.claim_folder`): the in-progress marker is
+(:func:`byzrsa.folders.claim_folder`): the in-progress marker is
 written first and removed after the summary, so a ServerApp killed with
 SIGKILL leaves a folder that reads as ``killed``, never as running or
 completed; a folder holding a run is refused unless the run config says
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from byzrsa.engines.flower.build import Job
 from byzrsa.errors import ConfigError
-from byzrsa.experiments.folders import atomic_write_text, claim_folder, release_folder
+from byzrsa.folders import atomic_write_text, claim_folder, release_folder
 
 __all__ = ["Results", "METRIC_COLUMNS", "claim"]
 

@@ -9,7 +9,7 @@ convergence), :mod:`.theory` (lambda0 beside each RSA row), :mod:`.figures` and
 :mod:`.report`. No import circle: ``command`` imports ``report`` (when it writes
 one) and nothing imports ``command``. The paper's reproduction is the sibling
 package :mod:`byzrsa.experiments.paper`; run folders, plots and the runner
-(:mod:`~byzrsa.experiments.folders`, :mod:`~byzrsa.experiments.plots`,
+(:mod:`~byzrsa.folders`, :mod:`~byzrsa.experiments.plots`,
 :mod:`~byzrsa.experiments.runner`) and ``byzrsa tune`` sit beside both.
 
 The command's names are read from :mod:`.command` on first use, so importing a

@@ -29,7 +29,7 @@ from byzrsa.errors import ConfigError
 from byzrsa.experiments.bench.cost import estimate, minutes
 from byzrsa.experiments.bench.grid import Grid, Level, MethodSpec, resolve_f
 from byzrsa.experiments.bench.stats import final_accuracy
-from byzrsa.experiments.folders import check_folder
+from byzrsa.folders import check_folder
 from byzrsa.experiments.bench import tune as bench_tune
 from byzrsa.experiments.bench.tune import TuneJob, settle, tuned_keys, tuning_jobs, value_of, write_tuning
 from byzrsa.experiments.paper.plan import canonical, run_key

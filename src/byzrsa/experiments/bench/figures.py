@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
 from byzrsa.experiments.bench.stats import CellResult
-from byzrsa.experiments.folders import atomic_savefig
+from byzrsa.folders import atomic_savefig
 
 __all__ = ["heatmap", "curves", "slug"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from byzrsa.config import RunConfig
 from byzrsa.errors import ConfigError, config_int
-from byzrsa.experiments.folders import atomic_write_text, check_folder, run_state
+from byzrsa.folders import atomic_write_text, check_folder, run_state
 from byzrsa.experiments.paper.plan import Plan, base_settings, plan, resolve_figures
 from byzrsa.experiments.paper.presets import FIGURES, PAPER_SETTING
 
@@ -85,7 +85,7 @@ def run_folder(out: Path, key: str) -> Path:
 
 
 def is_done(out: Path, key: str, iterations: int | None = None) -> bool:
-    """A stored run is trusted only when :func:`~byzrsa.experiments.folders.run_state` says ``completed``.
+    """A stored run is trusted only when :func:`~byzrsa.folders.run_state` says ``completed``.
 
     A missing, truncated, unparsable or non-completed summary, or a metrics.csv
     that stops short of the run's iterations (``iterations``, else those of

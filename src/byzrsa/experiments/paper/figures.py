@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from byzrsa.errors import WriteError
 from byzrsa.experiments.paper.claims import Result, lambda_of
-from byzrsa.experiments.folders import atomic_path
+from byzrsa.folders import atomic_path
 from byzrsa.experiments.paper.presets import Figure  # noqa: E402
 
 __all__ = ["STYLE", "draw_figure", "save_figure", "setting_title"]

@@ -11,6 +11,9 @@ by the marker its dead process left behind. :func:`run_state` is what
 The marker names the process by its id, the machine's boot id and the
 process's start time, so a process id reused after a reboot (or by an
 unrelated process) is not taken for the run's own.
+
+Below the engines (it depends on nothing of byzrsa but :mod:`byzrsa.errors`): ``byzrsa run``, ``reproduce``,
+``bench``, ``tune`` and the Flower engine's ServerApp all claim and release their folders here.
 """
 
 from __future__ import annotations
