@@ -23,6 +23,7 @@ import csv
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +323,42 @@ def provenance(device: str = "cpu") -> dict[str, Any]:
         "gpu": gpu,
         "started": utc_now(),
     }
+
+
+_HELD: set[tuple[str, str]] = set()  # (lock file, folder) pairs this process holds
+
+
+@contextlib.contextmanager
+def exclusive(out: Path, lock: str, who: str) -> Iterator[None]:
+    """Hold ``out/lock`` (an advisory ``flock``) so that two invocations never share one results folder.
+
+    Re-entrant within one process (``bench`` holds its lock from its first line, its phases again). A second
+    process is refused with one line naming ``who`` (e.g. "byzrsa bench"). Without ``fcntl`` (not POSIX)
+    nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    key = (lock, str(out.resolve()))
+    if key in _HELD:
+        yield
+        return
+    check_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / lock, "a")
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(f"another {who} is running in {out}; wait for it or use another --out") from None
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from byzrsa.errors import ConfigError
 from byzrsa.experiments.bench.cost import estimate, minutes
 from byzrsa.experiments.bench.grid import Grid, Level, MethodSpec, resolve_f
 from byzrsa.experiments.bench.stats import final_accuracy
-from byzrsa.folders import check_folder
+from byzrsa.folders import exclusive
 from byzrsa.experiments.bench import tune as bench_tune
 from byzrsa.experiments.bench.tune import TuneJob, settle, tuned_keys, tuning_jobs, value_of, write_tuning
 from byzrsa.experiments.paper.plan import canonical, run_key
@@ -234,38 +234,9 @@ def plan_grid(plan: BenchPlan) -> None:
 # --------------------------------------------------------------------------- the command
 
 
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
+def _locked(out: Path) -> contextlib.AbstractContextManager[None]:
     """Hold ``out/.bench.lock`` for the whole bench (paper.execute locks each phase on its own)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    key = str(out.resolve())
-    if key in _BENCH_HELD:  # re-entrant: bench() holds it from its first line, the phases again
-        yield
-        return
-    check_folder(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / ".bench.lock", "a")
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ConfigError(f"another byzrsa bench is running in {out}; wait for it or use another --out") from None
-        _BENCH_HELD.add(key)
-        try:
-            yield
-        finally:
-            _BENCH_HELD.discard(key)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-_BENCH_HELD: set[str] = set()  # results folders whose bench lock this process holds
+    return exclusive(out, ".bench.lock", "byzrsa bench")
 
 
 def _assign(runs: Mapping[str, RunConfig], devices: Sequence[str] | None) -> dict[str, RunConfig]:

@@ -16,14 +16,14 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from byzrsa.config import RunConfig
 from byzrsa.errors import ConfigError, config_int
-from byzrsa.folders import atomic_write_text, check_folder, run_state
+from byzrsa.folders import atomic_write_text, check_folder, exclusive, run_state
 from byzrsa.experiments.paper.plan import Plan, base_settings, plan, resolve_figures
 from byzrsa.experiments.paper.presets import FIGURES, PAPER_SETTING
 
@@ -177,43 +177,9 @@ def execute(
         return _execute(runs, out, root, jobs=jobs, quiet=quiet, extra=extra)
 
 
-_HELD: set[str] = set()  # results folders whose lock this process holds
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """Hold ``out/.lock`` so that two invocations never share (and clean up) one results folder.
-
-    Re-entrant within one process (reproduce holds it around execute).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no locking
-        yield
-        return
-    key = str(out.resolve())
-    if key in _HELD:
-        yield
-        return
-    check_folder(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / ".lock", "a")
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ConfigError(
-                f"another byzrsa reproduce/tune is running in {out}; wait for it or use another --out"
-            ) from None
-        _HELD.add(key)
-        try:
-            yield
-        finally:
-            _HELD.discard(key)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _exclusive(out: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold ``out/.lock`` so that two invocations never share (and clean up) one results folder (re-entrant)."""
+    return exclusive(out, ".lock", "byzrsa reproduce/tune")
 
 
 def _execute(
