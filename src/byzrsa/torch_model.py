@@ -375,9 +375,7 @@ class TorchModel:
                     h = (torch.addmm(w[0, item.bias : item.bias + item.out], flat, weight.T) if item.bias is not None
                          else flat @ weight.T).view(m, b, item.out)
                 else:
-                    weight = w[:, item.weight : item.weight + item.out * item.inp].view(m, item.out, item.inp)
-                    h = (torch.baddbmm(w[:, item.bias : item.bias + item.out].unsqueeze(1), h, weight.transpose(1, 2))
-                         if item.bias is not None else torch.bmm(h, weight.transpose(1, 2)))
+                    h = _per_worker_linear(item, w, h)
             elif item == "relu":
                 h = h.clamp_min(0.0)
                 saved.append(h)
@@ -433,9 +431,7 @@ class TorchModel:
         for item in self._chain:
             if isinstance(item, _Linear):
                 saved.append(h)
-                weight = w[:, item.weight : item.weight + item.out * item.inp].view(m, item.out, item.inp)
-                h = (torch.baddbmm(w[:, item.bias : item.bias + item.out].unsqueeze(1), h, weight.transpose(1, 2))
-                     if item.bias is not None else torch.bmm(h, weight.transpose(1, 2)))
+                h = _per_worker_linear(item, w, h)
             elif item == "relu":
                 h = h.clamp_min(0.0)
                 saved.append(h)
@@ -531,3 +527,12 @@ class TorchModel:
         return vmap(per_sample)(w, x, y)
 
 
+
+
+def _per_worker_linear(item: _Linear, w: Tensor, h: Tensor) -> Tensor:
+    """Each worker's own Linear layer on its rows: ``h (m, b, in) -> (m, b, out)`` with the weights in ``w (m, d)``."""
+    m = w.shape[0]
+    weight = w[:, item.weight : item.weight + item.out * item.inp].view(m, item.out, item.inp)
+    if item.bias is None:
+        return torch.bmm(h, weight.transpose(1, 2))
+    return torch.baddbmm(w[:, item.bias : item.bias + item.out].unsqueeze(1), h, weight.transpose(1, 2))
