@@ -50,12 +50,13 @@ def worker_of(context: Context, job: Job) -> int:
         raise ConfigError(
             "this SuperNode has no partition-id: start it with --node-config \"partition-id=I num-partitions=M\""
         )
-    worker = int(config["partition-id"])
-    if not 0 <= worker < job.workers:
-        raise ConfigError(f"partition-id {worker} is not a worker of this run (0..{job.workers - 1})")
+    # The federation's size first: when it is wrong every node says so, whichever reply the server reads first.
     partitions = config.get("num-partitions")
     if partitions is not None and int(partitions) != job.workers:
         raise ConfigError(f"num-partitions {partitions} differs from the run's {job.workers} workers")
+    worker = int(config["partition-id"])
+    if not 0 <= worker < job.workers:
+        raise ConfigError(f"partition-id {worker} is not a worker of this run (0..{job.workers - 1})")
     return worker
 
 
