@@ -276,6 +276,36 @@ def test_a_supernode_that_does_not_fit_is_one_line_naming_the_fix(monkeypatch):
         discover(_Grid(app, [0, 1, 2], total=4), job)  # a deployment whose 4th SuperNode never started
 
 
+
+def test_a_slow_node_is_greeted_once(monkeypatch):
+    # Flower's simulation engine writes back the context each message found: a second greeting answered
+    # after the first rounds would reset the node's saved state (seen as a flaky mismatch under load).
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from byzrsa.engines.flower.server import discover
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+    class SlowGrid(_Grid):
+        pushed: list[int] = []
+        pulls = 0
+
+        def push_messages(self, messages):
+            messages = list(messages)
+            self.pushed += [m.metadata.dst_node_id for m in messages]
+            return super().push_messages(messages)
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            return [] if self.pulls <= 5 else super().pull_messages(ids)  # the nodes answer late
+
+    c = config()
+    grid = SlowGrid(client_app(flower_run_config(c)), [2, 0, 3, 1])
+    assert discover(grid, job_of(c, discovery_timeout=5.0, poll_interval=0.01)) == {2: 10, 0: 11, 3: 12, 1: 13}
+    assert sorted(grid.pushed) == [10, 11, 12, 13] and grid.pulls > 5
+
 # ----------------------------------------------------------------------------- Flower's simulation engine
 
 def _simulate(tmp_path: Path, c, **settings) -> tuple[dict, torch.Tensor, list[dict]]:

@@ -86,11 +86,19 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float, poll: floa
 
 
 def discover(grid: Grid, job: Job) -> dict[int, int]:
-    """Worker index -> node id, for all m workers (waits up to ``discovery-timeout`` for them to connect)."""
+    """Worker index -> node id, for all m workers (waits up to ``discovery-timeout`` for them to connect).
+
+    Each node is greeted once and its answer awaited until the deadline: a node
+    that is slow to start (Ray actors under load) is never greeted twice, since
+    Flower's simulation engine writes back the context each message found, and
+    a second greeting answered after the first rounds would reset the node's
+    saved state (its sampler) to the empty one.
+    """
     settings = job.settings
     deadline = time.monotonic() + settings.discovery_timeout
     nodes: dict[int, int] = {}
-    answered: set[int] = set()
+    greeted: set[int] = set()
+    waiting: set[str] = set()  # the ids of the greetings not yet answered
     while len(nodes) < job.workers:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -100,16 +108,19 @@ def discover(grid: Grid, job: Job) -> dict[int, int]:
                 f"start one SuperNode per worker with --node-config \"partition-id=I num-partitions={job.workers}\""
                 f" (simulation engine: --federation-config \"num-supernodes={job.workers}\")"
             )
-        pending = [n for n in grid.get_node_ids() if n not in answered]
-        if not pending:
-            time.sleep(min(0.2, left))
-            continue
-        hello = [
-            Message(RecordDict({ROUND: ConfigRecord({"fingerprint": job.fingerprint})}), dst_node_id=n,
-                    message_type=f"{MessageType.QUERY}.hello")
-            for n in pending
-        ]
-        for reply in exchange(grid, hello, min(left, 30.0), settings.poll_interval):
+        new = [n for n in grid.get_node_ids() if n not in greeted]
+        if new:
+            greeted.update(new)
+            waiting.update(grid.push_messages([
+                Message(RecordDict({ROUND: ConfigRecord({"fingerprint": job.fingerprint})}), dst_node_id=n,
+                        message_type=f"{MessageType.QUERY}.hello")
+                for n in new
+            ]))
+        replies = list(grid.pull_messages(list(waiting))) if waiting else []
+        waiting -= {reply.metadata.reply_to_message_id for reply in replies}
+        if not replies:
+            time.sleep(min(max(settings.poll_interval, 0.05), left))
+        for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 raise ConfigError(
@@ -127,7 +138,6 @@ def discover(grid: Grid, job: Job) -> dict[int, int]:
             if worker in nodes and nodes[worker] != node:
                 raise ConfigError(f"nodes {nodes[worker]} and {node} both say they are worker {worker} (partition-id)")
             nodes[worker] = node
-            answered.add(node)
     return nodes
 
 
