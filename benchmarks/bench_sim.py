@@ -163,6 +163,14 @@ def bench_threads(quick: bool) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def _threads(n: int) -> None:
+    """``n`` torch threads and ``n`` NumPy BLAS threads, as ``simulate`` sets them (``blas_threads``)."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")  # kept until the next case's setup
+
+
 def threads_under(quick: bool, hogs: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """The condition and the wall times per step with 1, 2 and the default's torch threads, interleaved.
 
@@ -193,7 +201,7 @@ def threads_under(quick: bool, hogs: int = 0) -> tuple[dict[str, Any], dict[str,
                 for threads in sorted({1, 2, pick}):
                     key = f"{name} m={m} threads={threads}"
                     cases[key] = sim.step
-                    setup[key] = (lambda t=threads: torch.set_num_threads(t))
+                    setup[key] = (lambda t=threads: _threads(t))
             calls = max(2, 1000 // m) if not quick else 10
             for k, t in measure(cases, rounds=3 if quick else 7, calls=calls, setup=setup).items():
                 rows[k] = t.to_dict()

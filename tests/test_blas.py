@@ -13,9 +13,9 @@ from byzrsa.errors import ConfigError
 @pytest.fixture(params=["numpy", "torch"])
 def library(request, monkeypatch):
     monkeypatch.setenv(blas.BLAS_ENV, request.param)
-    blas.numpy_products.cache_clear()
+    blas.library.cache_clear()
     yield request.param
-    blas.numpy_products.cache_clear()
+    blas.library.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -37,12 +37,29 @@ def test_bmm_is_the_product(library, dtype):
     torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
 
 
+def test_the_automatic_choice_takes_numpy_with_one_torch_thread_only(monkeypatch):
+    monkeypatch.delenv(blas.BLAS_ENV, raising=False)
+    monkeypatch.setattr(blas, "_vendor", lambda: "AuthenticAMD")
+    blas.library.cache_clear()
+    threads = torch.get_num_threads()
+    try:
+        mkl = "mkl" in torch.__config__.show().lower()
+        assert blas.library() == ("auto" if mkl else "torch")
+        torch.set_num_threads(1)
+        assert blas.numpy_products() == mkl
+        torch.set_num_threads(2)  # OpenBLAS's threads and torch's would wait for each other's cores
+        assert not blas.numpy_products()
+    finally:
+        torch.set_num_threads(threads)
+        blas.library.cache_clear()
+
+
 def test_an_unknown_library_is_refused(monkeypatch):
     monkeypatch.setenv(blas.BLAS_ENV, "atlas")
-    blas.numpy_products.cache_clear()
+    blas.library.cache_clear()
     with pytest.raises(ConfigError, match=blas.BLAS_ENV):
-        blas.numpy_products()
-    blas.numpy_products.cache_clear()
+        blas.library()
+    blas.library.cache_clear()
 
 
 def test_blas_threads_sets_and_restores_numpys_threads():

@@ -8,12 +8,16 @@ gradient's per-worker products (``(C, n + 1) @ (n + 1, b)`` and
 through torch's ``bmm`` than through ``numpy.matmul`` (docs/performance.md).
 
 :func:`bmm` is ``torch.bmm`` except on the CPU where :func:`numpy_products`
-holds: torch's BLAS is MKL and the processor is not Intel's, or the
-environment variable ``BYZRSA_BLAS`` is ``numpy`` (``torch`` forces torch's).
-The choice is made once per process and depends only on the machine, so a run
-is deterministic on one machine; the two libraries' results differ in the last
-bits. NumPy's BLAS threads are set with the torch threads by the engines
-(:func:`byzrsa.engines.cpu.blas_threads`).
+holds: torch's BLAS is MKL, the processor is not Intel's and torch runs one
+thread, or the environment variable ``BYZRSA_BLAS`` is ``numpy`` (``torch``
+forces torch's). With more torch threads the products stay in torch: NumPy's
+OpenBLAS threads and torch's OpenMP threads wait for each other's cores (on 2
+quiet cores at m = 20: 11 ms a step against 0.65 ms with torch alone, 0.8 ms
+with one thread through NumPy; docs/performance.md, "Threads"). The choice
+depends only on the machine and the thread count, so a run with a given
+``threads`` is deterministic on one machine; the two libraries' results differ
+in the last bits. NumPy's BLAS threads are set with the torch threads by the
+engines (:func:`byzrsa.engines.cpu.blas_threads`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import Tensor
 
 from byzrsa.errors import ConfigError
 
-__all__ = ["BLAS_ENV", "bmm", "numpy_products"]
+__all__ = ["BLAS_ENV", "bmm", "library", "numpy_products"]
 
 BLAS_ENV = "BYZRSA_BLAS"
 
@@ -44,15 +48,22 @@ def _vendor() -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def numpy_products() -> bool:
-    """Whether CPU products go through NumPy's BLAS (see the module docstring); decided once per process."""
+def library() -> str:
+    """``numpy`` or ``torch`` when ``BYZRSA_BLAS`` forces one, else ``auto`` where NumPy's BLAS is the faster
+    one-thread library (torch's is MKL on another vendor's processor), else ``torch``; decided once per process."""
     forced = os.environ.get(BLAS_ENV, "").strip().lower()
     if forced not in ("", "torch", "numpy"):
         raise ConfigError(f"{BLAS_ENV} must be 'torch' or 'numpy', got {forced!r}")
     if forced:
-        return forced == "numpy"
+        return forced
     mkl = "mkl" in torch.__config__.show().lower()
-    return mkl and _vendor() not in ("", "GenuineIntel")
+    return "auto" if mkl and _vendor() not in ("", "GenuineIntel") else "torch"
+
+
+def numpy_products() -> bool:
+    """Whether CPU products go through NumPy's BLAS now (see the module docstring)."""
+    choice = library()
+    return choice == "numpy" or (choice == "auto" and torch.get_num_threads() == 1)
 
 
 def _blasable(t: Tensor) -> bool:
