@@ -162,7 +162,6 @@ def bench_threads(quick: bool) -> dict[str, Any]:
     return threads_under(quick, hogs=0)[1]
 
 
-@torch.no_grad()
 def _threads(n: int) -> None:
     """``n`` torch threads and ``n`` NumPy BLAS threads, as ``simulate`` sets them (``blas_threads``)."""
     from threadpoolctl import threadpool_limits
@@ -171,6 +170,7 @@ def _threads(n: int) -> None:
     threadpool_limits(limits=n, user_api="blas")  # kept until the next case's setup
 
 
+@torch.no_grad()
 def threads_under(quick: bool, hogs: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """The condition and the wall times per step with 1, 2 and the default's torch threads, interleaved.
 
