@@ -289,8 +289,10 @@ def test_a_slow_node_is_greeted_once(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
     class SlowGrid(_Grid):
-        pushed: list[int] = []
-        pulls = 0
+        def __init__(self, app, partitions):
+            super().__init__(app, partitions)
+            self.pushed: list[int] = []
+            self.pulls = 0
 
         def push_messages(self, messages):
             messages = list(messages)
