@@ -282,11 +282,21 @@ def test_a_slow_node_is_greeted_once(monkeypatch):
     # after the first rounds would reset the node's saved state (seen as a flaky mismatch under load).
     from flwr.supercore.task_identity import TaskIdentity
 
-    from byzrsa.engines.flower.server import discover
+    from byzrsa.engines.flower import server
 
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+    class Clock:  # one second passes at every reading: the nodes answer after a minute, at no cost
+        now = 0.0
+
+        def monotonic(self):
+            self.now += 1.0
+            return self.now
+
+        def sleep(self, seconds):
+            pass
 
     class SlowGrid(_Grid):
         def __init__(self, app, partitions):
@@ -301,12 +311,14 @@ def test_a_slow_node_is_greeted_once(monkeypatch):
 
         def pull_messages(self, ids):
             self.pulls += 1
-            return [] if self.pulls <= 5 else super().pull_messages(ids)  # the nodes answer late
+            return [] if self.pulls <= 60 else super().pull_messages(ids)  # the nodes answer late
 
+    monkeypatch.setattr(server, "time", Clock())
     c = config()
     grid = SlowGrid(client_app(flower_run_config(c)), [2, 0, 3, 1])
-    assert discover(grid, job_of(c, discovery_timeout=5.0, poll_interval=0.01)) == {2: 10, 0: 11, 3: 12, 1: 13}
-    assert sorted(grid.pushed) == [10, 11, 12, 13] and grid.pulls > 5
+    assert server.discover(grid, job_of(c, discovery_timeout=300.0)) == {2: 10, 0: 11, 3: 12, 1: 13}
+    assert sorted(grid.pushed) == [10, 11, 12, 13] and grid.pulls > 60
+
 
 # ----------------------------------------------------------------------------- Flower's simulation engine
 
