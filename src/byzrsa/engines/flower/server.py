@@ -242,9 +242,7 @@ def _failed_before_start(run_config: Mapping[str, Any], exc: BaseException) -> N
     import json
     from pathlib import Path
 
-    from byzrsa.folders import atomic_write_text
-
-    from byzrsa.folders import run_state
+    from byzrsa.folders import atomic_write_text, run_state
 
     folder = str(run_config.get("results-dir", "") or "")
     if not folder or run_state(folder) != "missing":  # never written over another run's results
