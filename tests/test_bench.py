@@ -356,6 +356,41 @@ def test_rsa_lr_and_lambda_stay_a_joint_grid_when_extended():
     assert len(job.points) == len(grid_points) == len(job.factors["lr"]) * len(job.factors["lam"]) == 25
 
 
+def test_a_setting_that_learns_nothing_does_not_win_the_worst_case():
+    """e3's trap, as a fake objective: small steps learn nothing (0.10 everywhere, digits has 10 classes); lr 0.9
+    learns (0.85) but one attack pushes it below chance (0.05); lr 2.7 holds 0.3 under it; lr 8.1 diverges."""
+    from byzrsa.experiments.bench.tune import choose, format_tuning
+
+    grid = tiny_grid(levels=(Level("by-label", {"split": "by-label"}),), methods=(MethodSpec("Median", {
+                     "method": "median", "lr": 0.3}),), tuning=Tuning(seeds=(0,), lr=(1 / 3, 1.0, 3.0)))
+    table = {0.1: (0.10, 0.10), 0.3: (0.10, 0.10), 0.9: (0.85, 0.05), 2.7: (0.90, 0.30), 8.1: (0.0, 0.0)}
+
+    def settled(fake):
+        plan = plan_bench(grid)
+
+        def accuracy(key):
+            c = plan.tune_runs[key]
+            return fake[round(c.lr, 6)][c.attack != "none"]
+
+        assert plan.settle_tuning(lambda key: True, accuracy) == {}
+        return plan, accuracy
+
+    plan, _ = settled(table)
+    assert plan.chance == pytest.approx(0.1)
+    job = plan.tune_jobs[0]
+    assert job.chosen.values["lr"] == pytest.approx(2.7) and job.chosen.score == pytest.approx(0.3)
+    assert job.extended == {"lr": 2} and not job.edge  # walked out through 0.9 (chosen by its mean) to 2.7
+    # where nothing beats chance in the worst case, the larger mean wins, and the table says so
+    plan, accuracy = settled({**table, 2.7: (0.0, 0.0)})
+    trapped = plan.tune_jobs[0]
+    assert trapped.chosen.values["lr"] == pytest.approx(0.9) and trapped.chosen.mean == pytest.approx(0.45)
+    assert "no point beats chance, 0.1, in the worst case: chosen by its mean over the attacks, 0.4500" in \
+        format_tuning([trapped], grid.tuning, False)
+    # the bare worst case (no chance floor) keeps the start, which learns nothing
+    choose([trapped], accuracy, 0.0)
+    assert trapped.chosen.values["lr"] == pytest.approx(0.3) and trapped.chosen.score == pytest.approx(0.1)
+
+
 def test_grid_toml_takes_extensions():
     g = grid_from_dict({"levels": ["iid"], "methods": ["median"], "attacks": ["none"], "tuning": {"extensions": 1}})
     assert g.tuning.extensions == 1

@@ -77,14 +77,25 @@ class BenchPlan:
     runs: dict[str, RunConfig] = field(default_factory=dict)
     #: (method, level, values) -> the tuning runs of that point: how extensions past an edge get their runs
     tune_configs: Any = None
+    chance: float | None = None  # 1 / classes of the grid's dataset, read once when tuning first chooses
 
     def settle_tuning(self, done: Callable[[str], bool], accuracy: Callable[[str], float | None]
                       ) -> dict[str, RunConfig]:
         """Choose, and extend ranges past an edge, while every tuning run is done; return the tuning runs to do."""
         if self.untuned:
             return {}
+        if self.chance is None and self.tune_runs:
+            self.chance = 1.0 / _classes(next(iter(self.tune_runs.values())))
         return settle(self.tune_jobs, self.grid.tuning.extensions, self.tune_configs, run_key, self.tune_runs, done,
-                      accuracy)
+                      accuracy, self.chance or 0.0)
+
+
+def _classes(config: RunConfig) -> int:
+    """The number of classes of a run's dataset (loaded here: a synthetic one has no fixed count)."""
+    from byzrsa.data import load_dataset
+
+    return load_dataset(config.dataset, pixels=config.pixels, data_dir=config.data_dir, seed=config.seed,
+                        workers=config.workers, heterogeneity=config.heterogeneity, quiet=True).num_classes
 
 
 def apply_overrides(grid: Grid, *, dataset: str | None = None, data_dir: str | None = None, model: str | None = None,

@@ -8,8 +8,14 @@ the grid, with the tuning seeds, on the training data minus a stratified
 validation fraction (``RunConfig.validation``: the run is scored on the held-out
 samples, and its data holds no test sample at all). A point's score is its
 worst case over the attacks (and q, f) of the mean validation accuracy over the
-seeds; the best score wins, ties going to the point nearest the start (the
-smallest sum of |log factor|). The test set is read only by the grid's runs.
+seeds; the best score wins. A worst case no better than chance (a constant
+predictor's 1/classes) counts as chance: where a well-learning setting is pushed
+below chance by one attack (label-flip on one-class workers) and a setting
+that learns nothing scores chance everywhere, both are useless in the worst
+case, and the tie goes to the larger mean over the attacks, then to the point
+nearest the start (the smallest sum of |log factor|). Without this rule the
+tuner picks a setting that learns nothing. The test set is read only by the
+grid's runs.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class TunePoint:
     keys: list[tuple[str, str]] = field(default_factory=list)  # (scenario label "attack, q, f", run key)
     score: float | None = None
     worst: str | None = None
+    mean: float | None = None  # mean over the scenarios: the tie-break when worst cases tie at chance
 
 
 @dataclass
@@ -75,6 +82,7 @@ class TuneJob:
     edge: list[str] = field(default_factory=list)
     factors: dict[str, list[float]] = field(default_factory=dict)
     extended: dict[str, int] = field(default_factory=dict)  # key -> times its range was extended
+    chance: float = 0.0  # a constant predictor's accuracy, 1 / classes: worst cases below it tie
 
 
 Configs = Callable[[str, str, Mapping[str, float]], list[tuple[str, RunConfig]]]
@@ -159,7 +167,7 @@ def extend(jobs: Sequence[TuneJob], limit: int, configs: Configs, key_of: Callab
 
 def settle(jobs: Sequence[TuneJob], limit: int, configs: Configs, key_of: Callable[[RunConfig], str],
            runs: dict[str, RunConfig], done: Callable[[str], bool],
-           accuracy: Callable[[str], float | None]) -> dict[str, RunConfig]:
+           accuracy: Callable[[str], float | None], chance: float = 0.0) -> dict[str, RunConfig]:
     """Choose and extend for as long as every tuning run is ``done``; return the runs still to do.
 
     Deterministic in the finished runs' scores, so a resumed bench recomputes the
@@ -169,7 +177,7 @@ def settle(jobs: Sequence[TuneJob], limit: int, configs: Configs, key_of: Callab
         pending = {k: c for k, c in runs.items() if not done(k)}
         if pending:
             return pending
-        choose(jobs, accuracy)
+        choose(jobs, accuracy, chance)
         if not extend(jobs, limit, configs, key_of, runs):
             return {}
 
@@ -179,12 +187,15 @@ def score_of(accuracy: float | None) -> float:
     return accuracy if accuracy is not None and math.isfinite(accuracy) else 0.0
 
 
-def choose(jobs: Sequence[TuneJob], accuracy: Callable[[str], float | None]) -> None:
+def choose(jobs: Sequence[TuneJob], accuracy: Callable[[str], float | None], chance: float = 0.0) -> None:
     """Score every point (worst case over attacks of the mean over seeds) and set each job's ``chosen``.
 
-    ``edge`` lists the keys whose chosen factor is the smallest or largest searched.
+    The ranking is (worst case, floored at ``chance``; mean over the attacks;
+    nearness to the start). ``edge`` lists the keys whose chosen factor is the
+    smallest or largest searched.
     """
     for job in (j for j in jobs if j.points):
+        job.chance = chance
         if len(job.points) == 1 and not job.points[0].keys:
             job.chosen = job.points[0]
             continue
@@ -195,9 +206,9 @@ def choose(jobs: Sequence[TuneJob], accuracy: Callable[[str], float | None]) -> 
             means = {label: sum(v) / len(v) for label, v in by_label.items()}
             point.worst = min(means, key=means.__getitem__) if means else None
             point.score = means[point.worst] if means else 0.0
-        job.chosen = max(
-            job.points, key=lambda p: (p.score, -sum(abs(math.log(f)) for f in p.factors.values()))
-        )
+            point.mean = sum(means.values()) / len(means) if means else 0.0
+        job.chosen = max(job.points, key=lambda p: (max(p.score, chance), p.mean,
+                                                    -sum(abs(math.log(f)) for f in p.factors.values())))
         job.edge = [k for k, fs in job.factors.items() if len(fs) > 1 and job.chosen.factors[k] in (fs[0], fs[-1])]
 
 
@@ -230,7 +241,8 @@ def format_tuning(jobs: Sequence[TuneJob], tuning: Tuning, untuned: bool) -> str
         f"seeds {list(tuning.seeds)}; score = worst case over the grid's attacks of the mean final validation "
         "accuracy. Searched values are the starting value times each factor; a range whose chosen value lay at an "
         f"edge was extended past it by the same factor, up to {tuning.extensions} time(s) per key (the final "
-        "range is shown).",
+        "range is shown). A worst case at or below chance (1 / classes) ties with chance, and ties go to the "
+        "larger mean over the attacks.",
         "",
         "| method | level | chosen | worst-case validation accuracy | worst attack | start | searched |",
         "|---|---|---|---|---|---|---|",
@@ -239,6 +251,9 @@ def format_tuning(jobs: Sequence[TuneJob], tuning: Tuning, untuned: bool) -> str
         c = j.chosen
         edge = (f" (still at the edge of the range after {tuning.extensions} extension(s): {', '.join(j.edge)})"
                 if j.edge else "")
+        if c is not None and c.keys and j.chance and c.score is not None and c.score <= j.chance:
+            edge += (f" (no point beats chance, {j.chance:.3g}, in the worst case: chosen by its mean over the "
+                     f"attacks, {c.mean:.4f})")
         searched = "; ".join(_searched(j, k) for k in j.start)
         score = f"{c.score:.4f}" if c is not None and c.score is not None else "n/a"
         lines.append(f"| {j.method} | {j.level} | {_fmt(c.values) if c else 'n/a'}{edge} | {score} | "
@@ -256,9 +271,11 @@ def write_tuning(out: Path, jobs: Sequence[TuneJob], tuning: Tuning, untuned: bo
             {
                 "method": j.method, "level": j.level, "start": j.start, "edge": j.edge,
                 "factors": j.factors, "extended": j.extended,
+                "chance": j.chance,
                 "chosen": None if j.chosen is None else {"values": j.chosen.values, "score": j.chosen.score,
-                                                         "worst_attack": j.chosen.worst},
+                                                         "worst_attack": j.chosen.worst, "mean": j.chosen.mean},
                 "points": [{"factors": p.factors, "values": p.values, "score": p.score, "worst_attack": p.worst,
+                            "mean": p.mean,
                             "runs": [{"scenario": label, "key": key} for label, key in p.keys]} for p in j.points],
             }
             for j in jobs
