@@ -363,7 +363,8 @@ def test_a_setting_that_learns_nothing_does_not_win_the_worst_case():
 
     grid = tiny_grid(levels=(Level("by-label", {"split": "by-label"}),), methods=(MethodSpec("Median", {
                      "method": "median", "lr": 0.3}),), tuning=Tuning(seeds=(0,), lr=(1 / 3, 1.0, 3.0)))
-    table = {0.1: (0.10, 0.10), 0.3: (0.10, 0.10), 0.9: (0.85, 0.05), 2.7: (0.90, 0.30), 8.1: (0.0, 0.0)}
+    constant = 0.1 * 3 / 3  # 0.10000000000000002, as a mean over seeds of 0.1 comes out: still chance
+    table = {0.1: (constant,) * 2, 0.3: (constant,) * 2, 0.9: (0.85, 0.05), 2.7: (0.90, 0.30), 8.1: (0.0, 0.0)}
 
     def settled(fake):
         plan = plan_bench(grid)
