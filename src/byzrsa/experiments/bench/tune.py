@@ -266,7 +266,7 @@ def format_tuning(jobs: Sequence[TuneJob], tuning: Tuning, untuned: bool) -> str
         searched = "; ".join(_searched(j, k) for k in j.start)
         score = f"{c.score:.4f}" if c is not None and c.score is not None else "n/a"
         lines.append(f"| {j.method} | {j.level} | {_fmt(c.values) if c else 'n/a'}{edge} | {score} | "
-                     f"{c.worst if c else ''} | {_fmt(j.start)} | {searched or '-'} |")
+                     f"{(c.worst if c else None) or '-'} | {_fmt(j.start)} | {searched or '-'} |")
     return "\n".join(lines)
 
 
