@@ -186,9 +186,9 @@ def settle(jobs: Sequence[TuneJob], limit: int, configs: Configs, key_of: Callab
 CHANCE_TOLERANCE = 1e-9
 
 
-def _floored(score: float, chance: float) -> float:
-    """A worst case at or below chance counts as chance: learning nothing and being pushed below chance tie."""
-    return chance if score <= chance + CHANCE_TOLERANCE else score
+def _at_chance(score: float, chance: float) -> bool:
+    """A worst case no better than chance: learning nothing and being pushed below chance are alike useless."""
+    return score <= chance + CHANCE_TOLERANCE
 
 
 def score_of(accuracy: float | None) -> float:
@@ -216,7 +216,7 @@ def choose(jobs: Sequence[TuneJob], accuracy: Callable[[str], float | None], cha
             point.worst = min(means, key=means.__getitem__) if means else None
             point.score = means[point.worst] if means else 0.0
             point.mean = sum(means.values()) / len(means) if means else 0.0
-        job.chosen = max(job.points, key=lambda p: (_floored(p.score, chance), p.mean,
+        job.chosen = max(job.points, key=lambda p: (chance if _at_chance(p.score, chance) else p.score, p.mean,
                                                     -sum(abs(math.log(f)) for f in p.factors.values())))
         job.edge = [k for k, fs in job.factors.items() if len(fs) > 1 and job.chosen.factors[k] in (fs[0], fs[-1])]
 
@@ -260,7 +260,7 @@ def format_tuning(jobs: Sequence[TuneJob], tuning: Tuning, untuned: bool) -> str
         c = j.chosen
         edge = (f" (still at the edge of the range after {tuning.extensions} extension(s): {', '.join(j.edge)})"
                 if j.edge else "")
-        if c is not None and c.keys and j.chance and c.score is not None and _floored(c.score, j.chance) == j.chance:
+        if c is not None and c.keys and c.score is not None and j.chance and _at_chance(c.score, j.chance):
             edge += (f" (no point beats chance, {j.chance:.3g}, in the worst case: chosen by its mean over the "
                      f"attacks, {c.mean:.4f})")
         searched = "; ".join(_searched(j, k) for k in j.start)
